@@ -1,0 +1,290 @@
+"""The fused coupling op: affine (Glow, RealNVP) and additive (NICE) coupling with the log-determinant.
+
+Public functions ``affine_coupling`` / ``additive_coupling`` check their arguments, bring every layout to
+one canonical 4-d form and call the custom op ``fastflow::coupling_fwd``; its backward is the custom op
+``fastflow::coupling_bwd``. Both dispatch, per call, to a backend (``fastflow._backends``): the reference
+(``fastflow.reference.coupling``), the C++ extension on CPU tensors, or the Triton kernels.
+
+Kernel contract (shared by every backend):
+
+- Canonical layout ``[B, C, H, W]`` with any strides. Vectors ``[B, D]`` are viewed as ``[B, D, 1, 1]`` for
+  the channel mask and ``[B, 1, 1, D]`` for the checkerboard (whose parity is then ``d mod 2``).
+- ``raw_scale`` and ``shift`` are ``[B, C/2, H, W]`` (channel mask) or ``[B, C, H, W]`` (checkerboard), any
+  strides, read in place (views of the conditioner's output need no copy); ``raw_scale`` is None for the
+  additive coupling.
+- ``coupling_fwd -> (y, logdet)``: ``y`` contiguous, dtype of ``x``; ``logdet`` ``[B]`` float32 (float64 for
+  float64 inputs), reduced in the same pass.
+- ``coupling_bwd(grad_y, grad_logdet, z, raw_scale) -> (grad_x, grad_raw_scale, grad_shift)``, where ``z`` is
+  the op's input ``x`` (forward direction) or its output ``x`` (inverse direction): the gradient needs only
+  ``z`` and ``log s``, never the shift. With ``d = ∂log s/∂h_s`` and ``g`` the incoming gradient:
+  forward ``(g·s, d·(g·z·s + g_logdet), g)``; inverse ``(g/s, −d·(g·z + g_logdet), −g/s)``;
+  pass-through positions get ``g`` for ``x`` and 0 for the conditioner's outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastflow import _backends
+from fastflow.reference import coupling as reference
+
+MASK_CHANNEL, MASK_CHECKERBOARD = 0, 1
+SCALE_SIGMOID, SCALE_EXP, SCALE_ADDITIVE = 0, 1, 2
+_MASK_CODES = {"channel": MASK_CHANNEL, "checkerboard": MASK_CHECKERBOARD}
+_SCALE_CODES = {"sigmoid": SCALE_SIGMOID, "exp": SCALE_EXP}
+_MASK_NAMES = {code: name for name, code in _MASK_CODES.items()}
+_SCALE_NAMES = {code: name for name, code in _SCALE_CODES.items()}
+
+_LOW = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORT = _backends.register_op(
+    "coupling",
+    cpu=_LOW + (torch.float64,),
+    triton=_LOW,
+    cuda=_LOW,
+)
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# Backend dispatch.
+
+
+def _triton():
+    from fastflow.kernels import coupling as triton_coupling
+
+    return triton_coupling
+
+
+def _reference_fwd(x, raw_scale, shift, mask, scale, flip, inverse, clamp):
+    mask_name = _MASK_NAMES[mask]
+    if scale == SCALE_ADDITIVE:
+        return reference.additive_coupling(x, shift, mask=mask_name, flip=flip, inverse=inverse)
+    return reference.affine_coupling(
+        x, raw_scale, shift, mask=mask_name, scale=_SCALE_NAMES[scale], flip=flip, inverse=inverse, clamp=clamp
+    )
+
+
+def _reference_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp):
+    grads = reference.affine_coupling_backward(
+        grad_y, grad_logdet, z, raw_scale,
+        mask=_MASK_NAMES[mask], scale=_SCALE_NAMES[scale], flip=flip, inverse=inverse, clamp=clamp,
+    )
+    return tuple(g.contiguous() for g in grads)
+
+
+@torch.library.custom_op("fastflow::coupling_fwd", mutates_args=())
+def coupling_fwd(
+    x: Tensor,
+    raw_scale: Tensor | None,
+    shift: Tensor,
+    mask: int,
+    scale: int,
+    flip: bool,
+    inverse: bool,
+    clamp: float,
+) -> tuple[Tensor, Tensor]:
+    """Canonical coupling (see the module docstring): ``(y [B, C, H, W] contiguous, logdet [B])``."""
+    backend = _backends.select("coupling", x.device, x.dtype)
+    if backend == "reference":
+        y, logdet = _reference_fwd(x, raw_scale, shift, mask, scale, flip, inverse, clamp)
+        return y.contiguous(), logdet
+    if backend == "triton":
+        return _triton().coupling_fwd(x, raw_scale, shift, mask, scale, flip, inverse, clamp)
+    return torch.ops.fastflow_C.coupling_fwd(x, raw_scale, shift, mask, scale, flip, inverse, clamp)
+
+
+@coupling_fwd.register_fake
+def _(x, raw_scale, shift, mask, scale, flip, inverse, clamp):
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return y, x.new_empty((x.shape[0],), dtype=_accumulation_dtype(x.dtype))
+
+
+@torch.library.custom_op("fastflow::coupling_bwd", mutates_args=())
+def coupling_bwd(
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    z: Tensor,
+    raw_scale: Tensor,
+    mask: int,
+    scale: int,
+    flip: bool,
+    inverse: bool,
+    clamp: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused backward of the affine coupling: ``(grad_x, grad_raw_scale, grad_shift)``, all contiguous."""
+    backend = _backends.select("coupling", z.device, z.dtype)
+    if backend == "reference":
+        return _reference_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp)
+    if backend == "triton":
+        return _triton().coupling_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp)
+    return torch.ops.fastflow_C.coupling_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp)
+
+
+@coupling_bwd.register_fake
+def _(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp):
+    grad_x = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    grad_raw = torch.empty(raw_scale.shape, dtype=raw_scale.dtype, device=raw_scale.device)
+    return grad_x, grad_raw, torch.empty_like(grad_raw)
+
+
+def _setup_context(ctx, inputs, output):
+    x, raw_scale, shift, mask, scale, flip, inverse, clamp = inputs
+    y, _ = output
+    # The inverse saves its output: x = (y − h_t)/s is all its gradient needs, and h_t is not kept.
+    ctx.save_for_backward(y if inverse else x, raw_scale)
+    ctx.config = (mask, scale, flip, inverse, clamp)
+    ctx.shift_shape = shift.shape
+
+
+def _transformed_part(grad: Tensor, mask: int, flip: bool) -> Tensor:
+    """The transformed positions of a canonical ``[B, C, H, W]`` tensor, zero elsewhere (checkerboard)."""
+    if mask == MASK_CHANNEL:
+        half = grad.shape[1] // 2
+        return grad[:, :half] if flip else grad[:, half:]
+    b = reference.checkerboard_mask(grad, flip)
+    return torch.where(b, grad, 0.0)
+
+
+def _backward(ctx, grad_y, grad_logdet):
+    z, raw_scale = ctx.saved_tensors
+    mask, scale, flip, inverse, clamp = ctx.config
+    if grad_y is None:
+        grad_y = torch.zeros_like(z)
+    if scale == SCALE_ADDITIVE:
+        # y_b = x_b ± h_t: the Jacobian is the identity plus a shift, no kernel is worth a launch here.
+        grad_shift = _transformed_part(grad_y, mask, flip)
+        return grad_y, None, (-grad_shift if inverse else grad_shift), None, None, None, None, None
+    if grad_logdet is None:
+        grad_logdet = torch.zeros(z.shape[0], dtype=_accumulation_dtype(z.dtype), device=z.device)
+    grad_x, grad_raw, grad_shift = coupling_bwd(
+        grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp
+    )
+    return grad_x, grad_raw, grad_shift, None, None, None, None, None
+
+
+torch.library.register_autograd("fastflow::coupling_fwd", _backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public functions: argument checks and layouts.
+
+
+def _check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _expected_param_shape(x: Tensor, mask: str) -> tuple[int, ...]:
+    if mask == "channel":
+        return (x.shape[0], x.shape[1] // 2, *x.shape[2:])
+    return tuple(x.shape)
+
+
+def _canonical(t: Tensor, mask: str) -> Tensor:
+    """``[B, C, H, W]`` view of an image or vector tensor (no copy)."""
+    if t.dim() == 4:
+        return t
+    return t[:, :, None, None] if mask == "channel" else t[:, None, None, :]
+
+
+def _validate(x, params: dict[str, Tensor | None], mask: str, scale: str | None) -> None:
+    _check_tensor("x", x)
+    if x.dim() not in (2, 4):
+        raise ValueError(f"x must be [B, C, H, W] or [B, D], got {x.dim()} dimensions (shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if mask not in _MASK_CODES:
+        raise ValueError(f"mask must be one of {tuple(_MASK_CODES)}, got {mask!r}")
+    if scale is not None and scale not in _SCALE_CODES:
+        raise ValueError(f"scale must be one of {tuple(_SCALE_CODES)}, got {scale!r}")
+    if mask == "channel" and x.shape[1] % 2:
+        raise ValueError(
+            f"x: mask='channel' splits dimension 1 in halves and needs an even size, got {x.shape[1]} "
+            f"(shape {tuple(x.shape)})"
+        )
+    expected = _expected_param_shape(x, mask)
+    for name, value in params.items():
+        _check_tensor(name, value)
+        if tuple(value.shape) != expected:
+            raise ValueError(
+                f"{name} must have shape {expected} for x of shape {tuple(x.shape)} and mask={mask!r}, "
+                f"got {tuple(value.shape)}"
+            )
+        if value.device != x.device:
+            raise ValueError(f"{name} is on {value.device} but x is on {x.device}; put them on one device")
+        if value.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {value.dtype} but x has {x.dtype}; they must match")
+
+
+def affine_coupling(
+    x: Tensor,
+    raw_scale: Tensor,
+    shift: Tensor,
+    *,
+    mask: str = "channel",
+    scale: str = "sigmoid",
+    flip: bool = False,
+    inverse: bool = False,
+    clamp: float = reference.CLAMP,
+) -> tuple[Tensor, Tensor]:
+    """Fused affine coupling ``y_b = x_b · s(h_s) + h_t`` (or its inverse) with ``log|det J|``.
+
+    Args:
+        x: the whole input, ``[B, C, H, W]`` or ``[B, D]``.
+        raw_scale: ``h_s`` from the conditioner; ``[B, C/2, H, W]`` for ``mask="channel"`` (the transformed
+            half), the shape of ``x`` for ``"checkerboard"`` (pass-through positions ignored). Views are fine.
+        shift: ``h_t``, same shape as ``raw_scale``.
+        mask: ``"channel"`` (halves of dimension 1) or ``"checkerboard"`` (spatial / index parity).
+        scale: ``"sigmoid"`` for Glow's ``sigmoid(h_s + 2)``, ``"exp"`` for ``exp(c·tanh(h_s/c))``, ``c = clamp``.
+        flip: transform the first half / the even positions instead of the second half / odd positions.
+        inverse: compute ``x_b = (y_b − h_t)/s`` from ``x`` playing the role of ``y``.
+
+    Returns:
+        ``(y, logdet)``: ``y`` shaped like ``x``; ``logdet`` ``[B]``, float32 (float64 for float64 input), the
+        log-determinant of the direction computed.
+
+    Example:
+        >>> x = torch.randn(8, 6, 4, 4); h = torch.randn(8, 6, 4, 4)
+        >>> y, logdet = affine_coupling(x, h[:, 0::2], h[:, 1::2])
+        >>> affine_coupling(y, h[:, 0::2], h[:, 1::2], inverse=True)[0].allclose(x, atol=1e-5)
+        True
+    """
+    _validate(x, {"raw_scale": raw_scale, "shift": shift}, mask, scale)
+    if not isinstance(clamp, (int, float)) or clamp <= 0:
+        raise ValueError(f"clamp must be a positive number, got {clamp!r}")
+    y, logdet = coupling_fwd(
+        _canonical(x, mask),
+        _canonical(raw_scale, mask),
+        _canonical(shift, mask),
+        _MASK_CODES[mask],
+        _SCALE_CODES[scale],
+        bool(flip),
+        bool(inverse),
+        float(clamp),
+    )
+    return y.view(x.shape), logdet
+
+
+def additive_coupling(
+    x: Tensor,
+    shift: Tensor,
+    *,
+    mask: str = "channel",
+    flip: bool = False,
+    inverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Fused additive coupling of NICE, ``y_b = x_b + h_t`` (or its inverse); ``logdet`` is zero, ``[B]``.
+
+    Arguments as in :func:`affine_coupling`.
+    """
+    _validate(x, {"shift": shift}, mask, None)
+    y, logdet = coupling_fwd(
+        _canonical(x, mask), None, _canonical(shift, mask), _MASK_CODES[mask], SCALE_ADDITIVE,
+        bool(flip), bool(inverse), reference.CLAMP,
+    )
+    return y.view(x.shape), logdet

@@ -1,0 +1,15 @@
+"""Plain-PyTorch implementation of every fused op: the specification, the fallback and the benchmark baseline.
+
+Each formula lives here once; kernels, tests and benchmarks are checked against (or import) these.
+"""
+
+from fastflow.reference.coupling import (
+    CLAMP,
+    affine_coupling_backward,
+    additive_coupling,
+    affine_coupling,
+    checkerboard_mask,
+    log_scale,
+)
+
+__all__ = ["CLAMP", "affine_coupling_backward", "additive_coupling", "affine_coupling", "checkerboard_mask", "log_scale"]
