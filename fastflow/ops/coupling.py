@@ -73,7 +73,8 @@ def _reference_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse
         grad_y, grad_logdet, z, raw_scale,
         mask=_MASK_NAMES[mask], scale=_SCALE_NAMES[scale], flip=flip, inverse=inverse, clamp=clamp,
     )
-    return tuple(g.contiguous() for g in grads)
+    # Fresh contiguous tensors: a custom op's outputs may not alias its inputs (grad_shift = grad_y[b] does).
+    return tuple(g.clone(memory_format=torch.contiguous_format) for g in grads)
 
 
 @torch.library.custom_op("fastflow::coupling_fwd", mutates_args=())

@@ -84,7 +84,7 @@ def _coupling(x, log_s, shift, mask, flip, inverse):
         y = torch.cat([y_b, x_a] if flip else [x_a, y_b], dim=1)
         if log_s is None:
             return y, x.new_zeros(batch, dtype=_accumulation_dtype(x.dtype))
-        logdet = log_s.to(_accumulation_dtype(x.dtype)).reshape(batch, -1).sum(1)
+        logdet = log_s.to(_accumulation_dtype(x.dtype)).flatten(1).sum(1)
         return y, sign * logdet
     if mask == "checkerboard":
         b = checkerboard_mask(x, flip)
@@ -92,7 +92,7 @@ def _coupling(x, log_s, shift, mask, flip, inverse):
         if log_s is None:
             return y, x.new_zeros(batch, dtype=_accumulation_dtype(x.dtype))
         masked = torch.where(b, log_s.to(_accumulation_dtype(x.dtype)), 0.0)
-        return y, sign * masked.reshape(batch, -1).sum(1)
+        return y, sign * masked.flatten(1).sum(1)
     raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
 
 
