@@ -7,11 +7,13 @@ Importing fastflow never probes a device and never fails because a kernel backen
 
 __version__ = "0.1.0"
 
+from fastflow import (
+    data,  # noqa: E402
+    models,  # noqa: E402
+    nn,  # noqa: E402
+    ops,  # noqa: E402
+)
 from fastflow._backends import BackendError, backend_info, get_backend, set_backend  # noqa: E402
-from fastflow import ops  # noqa: E402
-from fastflow import nn  # noqa: E402
-from fastflow import data  # noqa: E402
-from fastflow import models  # noqa: E402
 
 __all__ = [
     "BackendError",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 import fastflow.nn as ffnn
+from fastflow.models import CouplingFlow
 
 
 @dataclass(frozen=True)
@@ -60,4 +61,8 @@ register("flow-sequential", (2, 2, 4, 4))(
         ffnn.AffineCoupling(8, hidden_channels=4, flip=True),
         ffnn.AdditiveCoupling(8, hidden_channels=4),
     )
+)
+# Models join through their invertible part (pre-processing and prior are tested in test_models.py).
+register("coupling-flow", (2, 1, 4, 4))(
+    lambda: CouplingFlow(1, 4, num_couplings=4, hidden_channels=4).flow
 )

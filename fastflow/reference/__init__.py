@@ -5,9 +5,9 @@ Each formula lives here once; kernels, tests and benchmarks are checked against 
 
 from fastflow.reference.coupling import (
     CLAMP,
-    affine_coupling_backward,
     additive_coupling,
     affine_coupling,
+    affine_coupling_backward,
     checkerboard_mask,
     log_scale,
 )

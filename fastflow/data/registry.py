@@ -1,0 +1,47 @@
+"""``load(spec)``: a data set from a spec string such as ``digits`` or ``KIND:ARGUMENT``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ImageData", "load", "register_loader"]
+
+
+@dataclass
+class ImageData:
+    """Quantised images: ``train``/``test`` uint8 ``[N, C, H, W]`` with values in ``[0, levels)``."""
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+    levels: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.shape[1:])
+
+
+_LOADERS: dict[str, Callable[[str | None], ImageData]] = {}
+
+
+def register_loader(kind: str):
+    """Register ``fn(argument) -> ImageData`` for specs ``kind`` or ``kind:argument``."""
+
+    def decorator(fn: Callable[[str | None], ImageData]) -> Callable[[str | None], ImageData]:
+        _LOADERS[kind] = fn
+        return fn
+
+    return decorator
+
+
+def load(spec: str = "digits") -> ImageData:
+    """The data set named by ``spec``: ``digits`` (built in), or ``KIND:ARGUMENT`` of a registered kind."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"data spec must be a non-empty string such as 'digits', got {spec!r}")
+    kind, _, argument = spec.partition(":")
+    if kind not in _LOADERS:
+        raise ValueError(f"data spec {spec!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(_LOADERS))}")
+    return _LOADERS[kind](argument or None)

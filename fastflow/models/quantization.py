@@ -1,0 +1,40 @@
+"""Discrete images as continuous flows see them: uniform dequantisation and the discrete likelihood.
+
+For an image ``k ∈ {0, …, L−1}^D`` and ``u = (k + ε)/L`` with ``ε ~ U[0, 1)^D``, Jensen's inequality gives
+``log P(k) ≥ E_ε[log p(u)] − D·log L``: the bound that papers report in bits/dim, ``−log P(k) / (D·log 2)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["bits_per_dim", "dequantize", "to_levels"]
+
+
+def to_levels(x: Tensor, levels: int) -> Tensor:
+    """Integer levels ``k`` (as float) from uint8 ``k`` or floats ``k/(L−1)`` in ``[0, 1]``; ``[B, C, H, W]``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.uint8:
+        if x.numel() and int(x.max()) >= levels:
+            raise ValueError(f"x: uint8 values must be below levels={levels}, got max {int(x.max())}")
+        return x.float()
+    if not x.is_floating_point():
+        raise TypeError(f"x must be uint8 levels or floats in [0, 1], got {x.dtype}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"x: float images must lie in [0, 1], got [{x.min().item():.3g}, {x.max().item():.3g}]")
+    return torch.round(x * (levels - 1))
+
+
+def dequantize(k: Tensor, levels: int, noise: bool = True) -> Tensor:
+    """``u = (k + ε)/L`` in ``(0, 1)``, ``ε ~ U[0, 1)`` (or ``ε = 1/2`` with ``noise=False``)."""
+    eps = torch.rand_like(k) if noise else torch.full_like(k, 0.5)
+    return (k + eps) / levels
+
+
+def bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:
+    """``−log P / (D·log 2)`` per example, from the log-likelihood in nats."""
+    return -log_prob / (num_dims * math.log(2.0))
