@@ -12,4 +12,11 @@ from fastflow.reference.coupling import (
     log_scale,
 )
 
-__all__ = ["CLAMP", "affine_coupling_backward", "additive_coupling", "affine_coupling", "checkerboard_mask", "log_scale"]
+__all__ = [
+    "CLAMP",
+    "additive_coupling",
+    "affine_coupling",
+    "affine_coupling_backward",
+    "checkerboard_mask",
+    "log_scale",
+]

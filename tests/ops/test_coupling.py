@@ -90,7 +90,7 @@ def test_matches_float64_reference(device, backend, dtype, shape, mask, scale):
         assert y.dtype == dtype and y.shape == x.shape
         assert logdet.shape == (x.shape[0],)
         assert logdet.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-        for name, value, value_low, value64 in zip(("y", "logdet", "grad_x", "grad_h"), fast, low, truth):
+        for name, value, value_low, value64 in zip(("y", "logdet", "grad_x", "grad_h"), fast, low, truth, strict=False):
             assert_close_to_reference(f"{name} flip={flip} inverse={inverse}", value, value_low, value64, dtype)
 
 
@@ -134,7 +134,8 @@ def test_opcheck(backend, scale):
     raw_scale = None if scale == 2 else h[:, 1::2].detach().requires_grad_(True)
     shift = h[:, 0::2].detach().requires_grad_(True)
     with fastflow.set_backend(backend):
-        torch.library.opcheck(torch.ops.fastflow.coupling_fwd.default, (x, raw_scale, shift, 0, scale, False, True, 2.0))
+        forward_args = (x, raw_scale, shift, 0, scale, False, True, 2.0)
+        torch.library.opcheck(torch.ops.fastflow.coupling_fwd.default, forward_args)
         if scale != 2:
             grad_y, grad_logdet = torch.randn(3, 4, 5, 3), torch.randn(3)
             torch.library.opcheck(
@@ -159,7 +160,7 @@ def test_torch_compile_matches_eager():
     compiled_loss = compiled(x, h)
     compiled_grads = torch.autograd.grad(compiled_loss, (x, h))
     torch.testing.assert_close(compiled_loss, eager_loss)
-    for a, b in zip(compiled_grads, eager_grads):
+    for a, b in zip(compiled_grads, eager_grads, strict=False):
         torch.testing.assert_close(a, b)
 
 
@@ -241,5 +242,5 @@ def test_reference_backward_formula_matches_autograd():
         got = reference.affine_coupling_backward(
             grad_y, grad_logdet, z, raw_scale.detach(), mask=mask, scale=scale, flip=flip, inverse=inverse
         )
-        for a, b in zip(got, expected):
+        for a, b in zip(got, expected, strict=False):
             torch.testing.assert_close(a, b)

@@ -1,0 +1,1 @@
+"""fastflow's benchmark suite (not installed): ``python -m bench`` or ``pytest bench/ --benchmark-only``."""

@@ -1,0 +1,636 @@
+"""Generic benchmark runner: cases, providers, timing, memory, hardware limits and reports.
+
+An op joins the suite by a module ``bench/bench_<op>.py`` that registers a function returning its
+:class:`Case` objects for a device (``@register("<op>")``); nothing here knows about any op. For each case
+the runner times every provider in every mode:
+
+- providers: ``reference`` (the eager plain-PyTorch spec), ``compile`` (``torch.compile`` of that reference,
+  compiled and warmed up before timing, one compile per shape), one provider per fastflow backend (``cpu``,
+  ``triton``, ``cuda``: the case's ``fastflow`` function under ``fastflow.set_backend(name)``), and any extra
+  provider the case declares (e.g. ``cudnn``). A provider that cannot run a case is skipped with its reason.
+- modes: ``fwd`` (the op, its graph recorded as in training), ``bwd`` (the backward alone, of a graph built
+  before the timed region and kept with ``retain_graph``), ``full`` (forward then backward).
+
+Timing: warm-up, then many samples of ``inner`` back-to-back calls each (``time.perf_counter`` on CPU, CUDA
+events on GPU); the median and the 20th/80th percentiles of the per-call time are reported. On GPU the
+inputs rotate among several sets when one set fits in L2, so that a call does not read what the previous
+call left in cache. Achieved GB/s come from each case's explicit byte count and are compared with the copy
+bandwidth measured in the same run; TFLOP/s (for cases that count FLOPs) with the measured matmul rate.
+Peak memory is the largest amount of memory allocated during one measured call above what was live before
+it: ``torch.cuda.max_memory_allocated`` on GPU, the CPU allocator's events seen by ``torch.profiler`` on CPU.
+Nothing here asserts on speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import gc
+import importlib
+import importlib.metadata
+import math
+import os
+import pkgutil
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import fastflow
+from fastflow import _backends
+
+MODES: tuple[str, ...] = ("fwd", "bwd", "full")
+BACKEND_PROVIDERS: tuple[str, ...] = ("cpu", "triton", "cuda")
+BASE_PROVIDERS: tuple[str, ...] = ("reference", "compile")
+
+# Kineto prints two lines each time the profiler (peak memory on CPU) starts and stops; it reads this lazily.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+
+# --------------------------------------------------------------------------------------------------
+# Cases and the registry.
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case of one op.
+
+    Attributes:
+        op: the fastflow op name (``fastflow._backends`` is asked whether each backend can run it).
+        name: unique within the op, e.g. ``affine-channel-sigmoid-B64xC12x32x32-f32``.
+        make_inputs: ``(device, dtype, generator) -> {argument name: tensor}``, keyword arguments of every
+            provider function. Floating tensors become leaves that require grad (views are fine: they stay
+            views, as a conditioner's output slices do).
+        fns: provider kind -> function of the inputs returning a tensor or a tuple of tensors. ``"reference"``
+            (required) is the eager spec and is also compiled for ``compile``; ``"fastflow"`` is run under
+            each available fastflow backend; any other key is a provider of its own (e.g. ``"cudnn"``).
+        bytes: mode -> minimum bytes moved by one call (each input read once, each output written once), or
+            None where no meaningful count exists; the formula is stated where the case is declared.
+        flops: mode -> floating-point operations of one call, or None (memory-bound ops).
+        dtype: the inputs' dtype.
+        quick: part of ``--quick`` (the acceptance shapes).
+        params: shape and options, copied into the results.
+        why_not: for the extra providers: ``(provider, device) -> reason or None``.
+    """
+
+    op: str
+    name: str
+    make_inputs: Callable[[torch.device, torch.dtype, torch.Generator], dict[str, Tensor]]
+    fns: Mapping[str, Callable[..., Tensor | tuple[Tensor, ...]]]
+    bytes: Mapping[str, int | None]
+    flops: Mapping[str, int | None] = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32
+    quick: bool = False
+    params: Mapping[str, object] = field(default_factory=dict)
+    why_not: Callable[[str, torch.device], str | None] | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}/{self.name}"
+
+
+_REGISTRY: dict[str, Callable[[torch.device], list[Case]]] = {}
+
+
+CaseFactory = Callable[[torch.device], list[Case]]
+
+
+def register(op: str) -> Callable[[CaseFactory], CaseFactory]:
+    """Decorator for ``cases(device) -> list[Case]`` in ``bench/bench_<op>.py``."""
+
+    def decorate(make_cases: CaseFactory) -> CaseFactory:
+        _REGISTRY[op] = make_cases
+        return make_cases
+
+    return decorate
+
+
+def discover() -> dict[str, Callable[[torch.device], list[Case]]]:
+    """Import every ``bench/bench_<op>.py`` (each registers its cases) and return the registry."""
+    package = Path(__file__).parent
+    for module in pkgutil.iter_modules([str(package)]):
+        if module.name.startswith("bench_"):
+            importlib.import_module(f"{__package__}.{module.name}")
+    return _REGISTRY
+
+
+def collect_cases(
+    device: torch.device,
+    ops: Sequence[str] | None = None,
+    quick: bool = False,
+    name_filter: str | None = None,
+) -> list[Case]:
+    """The registered cases for ``device``, filtered by op names, ``quick`` and a substring of the id."""
+    cases = []
+    for op, make_cases in sorted(discover().items()):
+        if ops and op not in ops:
+            continue
+        for case in make_cases(device):
+            if quick and not case.quick:
+                continue
+            if name_filter and name_filter not in case.id:
+                continue
+            cases.append(case)
+    return cases
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# Providers.
+
+
+def provider_names(case: Case) -> list[str]:
+    names = list(BASE_PROVIDERS)
+    if "fastflow" in case.fns:
+        names += BACKEND_PROVIDERS
+    names += [kind for kind in case.fns if kind not in ("reference", "fastflow")]
+    return names
+
+
+def why_not(case: Case, provider: str, device: torch.device) -> str | None:
+    """Why ``provider`` cannot run ``case`` on ``device``, or None."""
+    if provider in BACKEND_PROVIDERS:
+        if "fastflow" not in case.fns:
+            return f"{case.op} has no fastflow function"
+        if provider == "triton" and device.type == "cpu":
+            return "Triton runs on CUDA tensors; on CPU only its interpreter runs, which is not worth timing"
+        return _backends.why_not(provider, case.op, device, case.dtype)
+    if provider in BASE_PROVIDERS:
+        return None
+    if provider not in case.fns:
+        return f"unknown provider {provider!r}"
+    return case.why_not(provider, device) if case.why_not else None
+
+
+# One compiled function per case (its shape), built once and shared by the modes and by pytest.
+_COMPILED: dict[tuple[str, str], Callable] = {}
+
+
+def _configure_dynamo() -> None:
+    # All cases of an op compile the same Python function: without a higher limit dynamo would fall back
+    # to eager after a few shapes, silently; fail loudly instead if even this limit is hit.
+    import torch._dynamo.config as dynamo_config
+
+    for name, value in (("recompile_limit", 256), ("accumulated_recompile_limit", 4096)):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, value)
+    if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
+        dynamo_config.fail_on_recompile_limit_hit = True
+
+
+def provider_fn(case: Case, provider: str, device: torch.device) -> tuple[Callable, Callable[[], object]]:
+    """``(function, context factory)`` running ``case`` with ``provider``; the context must wrap the
+    backward too (the backend is chosen when the backward runs)."""
+    if provider == "reference":
+        return case.fns["reference"], contextlib.nullcontext
+    if provider == "compile":
+        key = (case.id, str(device))
+        if key not in _COMPILED:
+            _configure_dynamo()
+            _COMPILED[key] = torch.compile(case.fns["reference"], dynamic=False)
+        return _COMPILED[key], contextlib.nullcontext
+    if provider in BACKEND_PROVIDERS:
+        return case.fns["fastflow"], lambda: fastflow.set_backend(provider)
+    return case.fns[provider], contextlib.nullcontext
+
+
+# --------------------------------------------------------------------------------------------------
+# Prepared calls: inputs, graphs and the callable of one (case, provider, mode).
+
+
+def _as_tuple(outputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    return (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
+
+
+@dataclass
+class Prepared:
+    """Callables of one (case, provider, mode), one per input set, and what they need."""
+
+    calls: list[Callable[[], object]]
+    context: Callable[[], object]
+    input_bytes: int  # storage of all input sets
+    prepare_s: float  # building inputs and graphs; includes compilation for ``compile``
+
+    def rotating(self) -> Callable[[], object]:
+        """One callable that cycles through the input sets."""
+        calls, state = self.calls, [0]
+
+        def call() -> object:
+            state[0] = (state[0] + 1) % len(calls)
+            return calls[state[0]]()
+
+        return call
+
+
+def _leaves(inputs: dict[str, Tensor]) -> tuple[Tensor, ...]:
+    leaves = []
+    for tensor in inputs.values():
+        if isinstance(tensor, Tensor) and tensor.is_floating_point():
+            tensor.requires_grad_(True)
+            leaves.append(tensor)
+    return tuple(leaves)
+
+
+def _make_call(fn: Callable, inputs: dict[str, Tensor], mode: str, seed: int) -> Callable[[], object]:
+    leaves = _leaves(inputs)
+    probe = [out for out in _as_tuple(fn(**inputs)) if out.requires_grad]
+    generator = torch.Generator(device=probe[0].device if probe else "cpu").manual_seed(seed)
+    grads = [torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=generator) for out in probe]
+
+    def backward(outputs: Sequence[Tensor], retain: bool) -> object:
+        used = [out for out in outputs if out.requires_grad]
+        # autograd.grad, not .backward(): no accumulation into .grad inside the timed region.
+        return torch.autograd.grad(used, leaves, grads, retain_graph=retain, allow_unused=True)
+
+    if mode == "fwd":
+        return lambda: fn(**inputs)
+    if mode == "full":
+        return lambda: backward(_as_tuple(fn(**inputs)), retain=False)
+    if mode == "bwd":
+        graph = _as_tuple(fn(**inputs))  # built once, outside the timed region, kept by retain_graph
+        return lambda: backward(graph, retain=True)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _l2_bytes(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20))
+
+
+def input_sets_needed(case: Case, device: torch.device) -> int:
+    """How many input sets to rotate among so that one call's inputs are not in L2 from the previous call.
+
+    GPU only: on CPU the caches (and, for these sizes, the last-level cache) hold the inputs as they would
+    after the conditioner wrote them, which is the situation of a real layer.
+    """
+    l2 = _l2_bytes(device)
+    working_set = max((value for value in case.bytes.values() if value), default=0)
+    if not l2 or not working_set:
+        return 1
+    return max(1, min(16, math.ceil(3 * l2 / working_set)))
+
+
+def prepare(
+    case: Case, provider: str, mode: str, device: torch.device, input_sets: int = 1, seed: int = 0
+) -> Prepared:
+    """Inputs and callables for one measurement (the graphs of ``bwd`` are built here, untimed)."""
+    fn, context = provider_fn(case, provider, device)
+    calls, input_bytes, start = [], 0, time.perf_counter()
+    with context():
+        for index in range(input_sets):
+            generator = torch.Generator(device=device).manual_seed(seed + index)
+            inputs = case.make_inputs(device, case.dtype, generator)
+            input_bytes += sum(t.untyped_storage().nbytes() for t in inputs.values() if isinstance(t, Tensor))
+            calls.append(_make_call(fn, inputs, mode, seed + 1000 + index))
+    _synchronize(device)
+    return Prepared(calls, context, input_bytes, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing.
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    warmup_s: float = 0.2
+    min_warmup_calls: int = 3
+    sample_s: float = 2e-4  # a sample lasts at least this long (several calls for tiny ones)
+    budget_s: float = 1.0  # per measurement
+    min_samples: int = 10
+    max_samples: int = 200
+
+
+QUICK_TIMING = TimingConfig(warmup_s=0.05, min_warmup_calls=2, budget_s=0.25, min_samples=7, max_samples=60)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def warm_up(call: Callable[[], object], device: torch.device, config: TimingConfig) -> tuple[float, float]:
+    """Run ``call`` until warm; return ``(first call seconds, estimated seconds per call)``.
+
+    The first call includes kernel autotuning for Triton (compilation already happened in :func:`prepare`).
+    """
+    start = time.perf_counter()
+    call()
+    _synchronize(device)
+    first = time.perf_counter() - start
+    calls, start = 0, time.perf_counter()
+    while calls < config.min_warmup_calls or time.perf_counter() - start < config.warmup_s:
+        call()
+        calls += 1
+    _synchronize(device)
+    return first, (time.perf_counter() - start) / calls
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    p20_s: float
+    p80_s: float
+    samples: int
+    inner: int
+
+
+def plan(estimate_s: float, config: TimingConfig) -> tuple[int, int]:
+    """``(inner, samples)``: calls per sample (lasting at least ``sample_s``) and samples in the budget."""
+    estimate_s = max(estimate_s, 1e-7)
+    inner = max(1, math.ceil(config.sample_s / estimate_s))
+    samples = int(min(config.max_samples, max(config.min_samples, config.budget_s / (inner * estimate_s))))
+    return inner, samples
+
+
+def sample_times(call: Callable[[], object], device: torch.device, inner: int, samples: int) -> list[float]:
+    """Per-call seconds of ``samples`` samples of ``inner`` back-to-back calls each."""
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(samples)]
+        torch.cuda.synchronize(device)
+        for start, end in events:
+            start.record()
+            for _ in range(inner):
+                call()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) / 1e3 / inner for start, end in events]
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(inner):
+            call()
+        times.append((time.perf_counter() - start) / inner)
+    return times
+
+
+def summarize(times: Sequence[float], inner: int) -> Timing:
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times), inner)
+
+
+def measure(
+    call: Callable[[], object], device: torch.device, estimate_s: float, config: TimingConfig
+) -> Timing:
+    """Per-call time of ``call`` over many samples of ``inner`` back-to-back calls."""
+    inner, samples = plan(estimate_s, config)
+    return summarize(sample_times(call, device, inner, samples), inner)
+
+
+# --------------------------------------------------------------------------------------------------
+# Peak memory.
+
+
+def _walk(nodes: Sequence) -> Iterator:
+    for node in nodes:
+        yield node
+        yield from _walk(node.children)
+
+
+def peak_memory_bytes(call: Callable[[], object], device: torch.device) -> int | None:
+    """Largest memory allocated during one ``call`` above what was live before it (bytes)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        result = call()
+        torch.cuda.synchronize(device)
+        del result
+        return torch.cuda.max_memory_allocated(device) - before
+    # The CPU allocator keeps no statistics; the profiler sees each of its allocations and frees in order
+    # (those of ATen, of the extension and of inductor's generated code alike): replay their running sum.
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = call()
+    del result
+    events = [node for node in _walk(prof.profiler.kineto_results.experimental_event_tree())
+              if node.tag == _EventType.Allocation]
+    live = peak = 0
+    for node in sorted(events, key=lambda node: node.start_time_ns):
+        live += node.extra_fields.alloc_size
+        peak = max(peak, live)
+    return peak
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardware limits measured in the same run.
+
+
+def copy_bandwidth(device: torch.device, config: TimingConfig) -> dict[str, float]:
+    """GB/s of a large tensor copy, counting the bytes read plus the bytes written."""
+    nbytes = (1024 if device.type == "cuda" else 512) * 2**20  # well beyond L2 (GPU) and the LLC (CPU)
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    call = lambda: dst.copy_(src)
+    _, estimate = warm_up(call, device, dataclasses.replace(config, warmup_s=0.0))
+    timing = measure(call, device, estimate, dataclasses.replace(config, min_samples=5, max_samples=20))
+    return {"bytes": 2 * nbytes, "median_s": timing.median_s, "gbps": 2 * nbytes / timing.median_s / 1e9}
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, config: TimingConfig) -> float:
+    """TFLOP/s of a large square matmul in ``dtype`` (2n³ FLOPs)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    call = lambda: a @ b
+    _, estimate = warm_up(call, device, dataclasses.replace(config, warmup_s=0.0))
+    timing = measure(call, device, estimate, dataclasses.replace(config, min_samples=3, max_samples=10))
+    return 2 * n**3 / timing.median_s / 1e12
+
+
+# --------------------------------------------------------------------------------------------------
+# One measurement and a whole run.
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+ROUNDS = 5  # the providers of one (case, mode) take turns, so that a change of load hits them alike
+
+
+def _row(case: Case, provider: str, mode: str, device: torch.device) -> dict[str, object]:
+    return {
+        "op": case.op, "case": case.name, "mode": mode, "provider": provider, "device": str(device),
+        "dtype": dtype_name(case.dtype), "params": dict(case.params),
+        "bytes": case.bytes.get(mode), "flops": case.flops.get(mode),
+    }
+
+
+def _error(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".strip().splitlines()[0][:300]
+
+
+def run_group(
+    case: Case,
+    mode: str,
+    providers: Sequence[str],
+    device: torch.device,
+    config: TimingConfig,
+    with_memory: bool = True,
+) -> list[dict[str, object]]:
+    """Measure ``case`` in ``mode`` for each provider, side by side; skipped or failed ones give the reason.
+
+    Every provider is prepared and warmed up first; then they take turns for ``ROUNDS`` rounds of samples,
+    and each one's median and quantiles are taken over all its samples.
+    """
+    rows = {provider: _row(case, provider, mode, device) for provider in providers}
+    ready: dict[str, tuple[Prepared, Callable[[], object], int, int]] = {}
+    input_sets = input_sets_needed(case, device)
+    for provider in providers:
+        reason = why_not(case, provider, device)
+        if reason is not None:
+            rows[provider]["skipped"] = reason
+            continue
+        try:
+            prepared = prepare(case, provider, mode, device, input_sets)
+            with prepared.context():
+                call = prepared.rotating()
+                first_s, estimate = warm_up(call, device, config)
+        except Exception as error:  # a provider that fails is reported, the run goes on
+            rows[provider]["error"] = _error(error)
+            continue
+        inner, samples = plan(estimate, config)
+        ready[provider] = (prepared, call, inner, samples)
+        rows[provider].update(prepare_s=prepared.prepare_s, first_call_s=first_s, input_sets=input_sets,
+                              input_bytes=prepared.input_bytes)
+    times: dict[str, list[float]] = {provider: [] for provider in ready}
+    for round_index in range(ROUNDS):
+        for provider, (prepared, call, inner, samples) in list(ready.items()):
+            count = samples // ROUNDS + (round_index < samples % ROUNDS)
+            try:
+                with prepared.context():
+                    times[provider] += sample_times(call, device, inner, max(1, count))
+            except Exception as error:
+                rows[provider]["error"] = _error(error)
+                del ready[provider]
+    for provider, (prepared, _, inner, _) in ready.items():
+        timing = summarize(times[provider], inner)
+        row = rows[provider]
+        row.update(median_ms=timing.median_s * 1e3, p20_ms=timing.p20_s * 1e3, p80_ms=timing.p80_s * 1e3,
+                   samples=timing.samples, inner=timing.inner)
+        if row["bytes"]:
+            row["gbps"] = row["bytes"] / timing.median_s / 1e9
+        if row["flops"]:
+            row["tflops"] = row["flops"] / timing.median_s / 1e12
+        if with_memory:
+            with prepared.context():
+                row["peak_bytes"] = peak_memory_bytes(prepared.calls[0], device)
+    ready.clear()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return list(rows.values())
+
+
+def add_ratios(rows: list[dict[str, object]], copy_gbps: float, matmul_tflops: Mapping[str, float]) -> None:
+    """Fraction of the copy bandwidth / matmul rate, and speed-ups against reference and compile."""
+    medians = {(r["op"], r["case"], r["mode"], r["provider"]): r["median_ms"]
+               for r in rows if "median_ms" in r}
+    for row in rows:
+        if "median_ms" not in row:
+            continue
+        if "gbps" in row:
+            row["copy_fraction"] = row["gbps"] / copy_gbps
+        if "tflops" in row and row["dtype"] in matmul_tflops:
+            row["matmul_fraction"] = row["tflops"] / matmul_tflops[row["dtype"]]
+        for baseline in BASE_PROVIDERS:
+            base = medians.get((row["op"], row["case"], row["mode"], baseline))
+            if base is not None:
+                row[f"speedup_vs_{baseline}"] = base / row["median_ms"]
+
+
+def device_description(device: torch.device) -> tuple[str, str]:
+    """``(slug, full name)`` of the device, e.g. ``cpu-intel-xeon-processor`` or ``nvidia-h100-80gb-hbm3``."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return _slug(name), name
+    name = platform.processor() or "cpu"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    short = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$", " ", name, flags=re.IGNORECASE)
+    return "cpu-" + _slug(short), name
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def run(
+    cases: Sequence[Case],
+    device: torch.device,
+    providers: Sequence[str] | None = None,
+    modes: Sequence[str] = MODES,
+    config: TimingConfig = TimingConfig(),
+    log: Callable[[str], None] = print,
+) -> dict[str, object]:
+    """Measure every case x provider x mode; return the results document (see :func:`write_results`)."""
+    copy = copy_bandwidth(device, config)
+    log(f"copy bandwidth: {copy['gbps']:.1f} GB/s ({copy['bytes'] / 2**20:.0f} MiB read + written)")
+    matmul = {}
+    for dtype in sorted({case.dtype for case in cases if any(case.flops.values())}, key=str):
+        matmul[dtype_name(dtype)] = matmul_rate(device, dtype, config)
+        log(f"matmul rate {dtype_name(dtype)}: {matmul[dtype_name(dtype)]:.2f} TFLOP/s")
+    rows = []
+    load_before = os.getloadavg()[0]
+    for case in cases:
+        names = [name for name in provider_names(case) if not providers or name in providers]
+        for mode in modes:
+            for row in run_group(case, mode, names, device, config):
+                rows.append(row)
+                if "median_ms" in row:
+                    log(f"  {case.id:52s} {mode:4s} {row['provider']:9s} {row['median_ms']:9.3f} ms")
+                elif "error" in row:
+                    log(f"  {case.id:52s} {mode:4s} {row['provider']:9s} FAILED {row['error']}")
+    add_ratios(rows, copy["gbps"], matmul)
+    slug, name = device_description(device)
+    return {
+        "device": slug,
+        "device_name": name,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        # Timings on a shared machine are only as good as its quietness: the 1-minute load, before and after.
+        "load_average": [load_before, os.getloadavg()[0]],
+        "copy_bandwidth": copy,
+        "matmul_tflops": matmul,
+        "timing": dataclasses.asdict(config),
+        "backends": {op: {backend: _backends.why_not(backend, op, device, torch.float32) or "available"
+                          for backend in _backends.BACKENDS}
+                     for op in sorted({case.op for case in cases})},
+        "results": rows,
+    }
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"torch": torch.__version__, "fastflow": fastflow.__version__}
+    for package in ("triton",):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions

@@ -1,0 +1,155 @@
+"""Reports of a benchmark run: the JSON document, a markdown table and PNG plots next to it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bench.harness import MODES
+
+COLUMNS = (
+    "case", "mode", "provider", "median ms", "GB/s", "% of copy BW",
+    "speed-up vs reference", "speed-up vs compile", "peak MB",
+)
+
+
+def _number(value: object, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def table_rows(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, ...]]:
+    """One row per measured (case, mode, provider), grouped by case (in the order run) then mode."""
+    measured = [row for row in rows if "median_ms" in row]
+    cases = dict.fromkeys((row["op"], row["case"]) for row in measured)
+    case_order = {key: index for index, key in enumerate(cases)}
+    mode_order = {mode: index for index, mode in enumerate(MODES)}
+    measured.sort(key=lambda row: (case_order[row["op"], row["case"]], mode_order[row["mode"]]))
+    lines = []
+    for row in measured:
+        fraction = row.get("copy_fraction")
+        peak = row.get("peak_bytes")
+        lines.append((
+            f"{row['op']}/{row['case']}",
+            row["mode"],
+            row["provider"],
+            _number(row["median_ms"], ".3f"),
+            _number(row.get("gbps"), ".1f"),
+            _number(None if fraction is None else 100 * fraction, ".0f"),
+            _number(row.get("speedup_vs_reference"), ".2f"),
+            _number(row.get("speedup_vs_compile"), ".2f"),
+            _number(None if peak is None else peak / 2**20, ".1f"),
+        ))
+    return lines
+
+
+def not_measured(rows: Sequence[Mapping[str, object]]) -> list[str]:
+    """One line per provider and reason it was skipped or failed (deduplicated across cases and modes)."""
+    seen: dict[tuple[str, str, str], list[str]] = {}
+    for row in rows:
+        for status in ("skipped", "error"):
+            if status in row:
+                key = (row["provider"], status, str(row[status]))
+                seen.setdefault(key, [])
+                if row["case"] not in seen[key]:
+                    seen[key].append(row["case"])
+    lines = []
+    for (provider, status, reason), case_names in seen.items():
+        label = "skipped" if status == "skipped" else "FAILED"
+        lines.append(f"{provider} {label} ({len(case_names)} case(s)): {reason}")
+    return lines
+
+
+def markdown(document: Mapping[str, object]) -> str:
+    copy = document["copy_bandwidth"]
+    paragraphs = [
+        f"# Benchmarks on {document['device_name']} ({document['date']})",
+        f"torch {document['versions']['torch']}, {document['threads']} thread(s); copy bandwidth "
+        f"{copy['gbps']:.1f} GB/s (read + written); median of the per-call time; GB/s from each case's byte "
+        "count (each input read once, each output written once; — where no count applies); peak MB allocated "
+        "by one call above what was live before it.",
+    ]
+    rates = document["matmul_tflops"]
+    paragraphs += [f"matmul rate {dtype}: {rate:.2f} TFLOP/s" for dtype, rate in rates.items()]
+    load = document.get("load_average")
+    cpus = document.get("cpu_count") or 0
+    if load and cpus and max(load) > 0.5 * cpus:
+        paragraphs.append(
+            f"**Warning**: the machine was busy (1-minute load {load[0]:.1f} before, {load[1]:.1f} after, "
+            f"{cpus} CPUs): absolute times are noisy; the providers of a case took turns, so their ratios "
+            "suffer less."
+        )
+    lines = [line for paragraph in paragraphs for line in (paragraph, "")]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "|".join("---" if index < 3 else "---:" for index in range(len(COLUMNS))) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(document["results"])]
+    missing = not_measured(document["results"])
+    if missing:
+        lines += ["", "Not measured:", ""] + [f"- {line}" for line in missing]
+    return "\n".join(lines) + "\n"
+
+
+def plain_table(document: Mapping[str, object]) -> str:
+    rows = [COLUMNS] + table_rows(document["results"])
+    widths = [max(len(row[index]) for row in rows) for index in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(width) if index < 3 else cell.rjust(width)
+                       for index, (cell, width) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    missing = not_measured(document["results"])
+    return "\n".join(lines + ([""] + missing if missing else []))
+
+
+def plot(document: Mapping[str, object], path_stem: Path) -> list[Path]:
+    """Per op: achieved GB/s (top, the copy bandwidth dashed) and speed-up vs reference (bottom) per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [row for row in document["results"] if "median_ms" in row]
+    written = []
+    for op in sorted({row["op"] for row in measured}):
+        op_rows = [row for row in measured if row["op"] == op]
+        case_names = list(dict.fromkeys(row["case"] for row in op_rows))
+        providers = list(dict.fromkeys(row["provider"] for row in op_rows))
+        figure, axes = plt.subplots(2, len(MODES), figsize=(6 * len(MODES), 2 + 0.5 * len(case_names) * 2),
+                                    squeeze=False)
+        width = 0.8 / max(1, len(providers))
+        for column, mode in enumerate(MODES):
+            by_key = {(row["case"], row["provider"]): row for row in op_rows if row["mode"] == mode}
+            for metric_row, (metric, label) in enumerate((("gbps", "GB/s"), ("speedup_vs_reference",
+                                                                            "speed-up vs reference"))):
+                axis = axes[metric_row][column]
+                for index, provider in enumerate(providers):
+                    values = [by_key.get((name, provider), {}).get(metric) or 0.0 for name in case_names]
+                    offset = (index - (len(providers) - 1) / 2) * width
+                    positions = [position + offset for position in range(len(case_names))]
+                    axis.barh(positions, values, height=width, label=provider)
+                if metric == "gbps":
+                    axis.axvline(document["copy_bandwidth"]["gbps"], color="k", linestyle="--", linewidth=1,
+                                 label="copy")
+                else:
+                    axis.axvline(1.0, color="k", linewidth=1)
+                axis.set_yticks(range(len(case_names)))
+                axis.set_yticklabels(case_names if column == 0 else [""] * len(case_names), fontsize=7)
+                axis.set_title(f"{op} {mode}: {label}", fontsize=9)
+                axis.invert_yaxis()
+        axes[0][0].legend(fontsize=7)
+        figure.suptitle(f"{document['device_name']} {document['date']}", fontsize=9)
+        figure.tight_layout()
+        path = path_stem.with_name(f"{path_stem.name}-{op}.png")
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def write_results(document: Mapping[str, object], out_dir: Path, suffix: str = "") -> list[Path]:
+    """Write ``<device>-<date><suffix>.json``, ``.md`` and ``-<op>.png`` in ``out_dir``; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{document['device']}-{document['date'][:10]}{suffix}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    md_path.write_text(markdown(document))
+    return [json_path, md_path] + plot(document, stem)
