@@ -1,0 +1,46 @@
+// The one registration file of fastflow._C: operator schemas (TORCH_LIBRARY) and the CPU / CUDA kernels
+// behind them (TORCH_LIBRARY_IMPL). Python reaches them as torch.ops.fastflow_C.<op>; fastflow/ops/ wraps
+// them in custom ops with fake functions and autograd, so nothing here registers Autograd or Meta kernels.
+//
+// The extension is built against the limited Python API (Py_LIMITED_API, one wheel for every CPython >= 3.10)
+// and without pybind11: the module object only has to exist so that `import fastflow._C` runs the static
+// registrations below, as pytorch/extension-cpp does.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "coupling.h"
+
+extern "C" {
+// Importing the module loads this shared library, which runs the TORCH_LIBRARY initialisers.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",                                                              // name
+      "fastflow's compiled kernels, registered as torch.ops.fastflow_C",  // doc
+      -1,                                                                // no per-interpreter state
+      nullptr,                                                           // no methods
+  };
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastflow_C, m) {
+  m.def(
+      "coupling_fwd(Tensor x, Tensor? raw_scale, Tensor shift, int mask, int scale, bool flip, bool inverse, "
+      "float clamp) -> (Tensor, Tensor)");
+  m.def(
+      "coupling_bwd(Tensor grad_y, Tensor grad_logdet, Tensor z, Tensor raw_scale, int mask, int scale, bool flip, "
+      "bool inverse, float clamp) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastflow_C, CPU, m) {
+  m.impl("coupling_fwd", &fastflow::coupling_fwd_cpu);
+  m.impl("coupling_bwd", &fastflow::coupling_bwd_cpu);
+}
+
+#ifdef FASTFLOW_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastflow_C, CUDA, m) {
+  m.impl("coupling_fwd", &fastflow::coupling_fwd_cuda);
+  m.impl("coupling_bwd", &fastflow::coupling_bwd_cuda);
+}
+#endif
