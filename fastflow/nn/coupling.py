@@ -120,6 +120,15 @@ class _Coupling(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_channels}, mask={self.mask!r}, flip={self.flip}"
 
+    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._couple(x, cond, inverse=False)
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._couple(y, cond, inverse=True)
+
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -196,11 +205,6 @@ class AffineCoupling(_Coupling):
             clamp=self.clamp,
         )
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(x, cond, inverse=False)
-
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(y, cond, inverse=True)
 
 
 class AdditiveCoupling(_Coupling):
@@ -232,8 +236,3 @@ class AdditiveCoupling(_Coupling):
         shift = self._conditioner_output(x, cond)
         return ops.additive_coupling(x, shift, mask=self.mask, flip=self.flip, inverse=inverse)
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(x, cond, inverse=False)
-
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(y, cond, inverse=True)

@@ -124,7 +124,7 @@ def test_gradcheck_float64(backend, mask, scale, flip, inverse):
         assert torch.autograd.gradcheck(fn, (x.requires_grad_(), h.requires_grad_()))
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 @pytest.mark.parametrize("scale", [0, 1, 2])
 def test_opcheck(backend, scale):
     _use(backend, "cpu", torch.float32)
