@@ -18,7 +18,7 @@ def _build(case: FlowCase, seed: int = 0, dtype=torch.float64) -> torch.nn.Modul
     # Random parameters: zero-initialised conditioners would make every coupling the identity and hide bugs.
     with torch.no_grad():
         for parameter in module.parameters():
-            parameter.normal_(0.0, 0.3)
+            parameter.normal_(0.0, case.param_std)
     return module
 
 

@@ -12,12 +12,17 @@ __all__ = ["ImageData", "load", "register_loader"]
 
 @dataclass
 class ImageData:
-    """Quantised images: ``train``/``test`` uint8 ``[N, C, H, W]`` with values in ``[0, levels)``."""
+    """Quantised images: ``train``/``test`` uint8 ``[N, C, H, W]`` with values in ``[0, levels)``.
+
+    ``train_labels``/``test_labels``: optional int64 class labels ``[N]``, one per image, for labelled sets.
+    """
 
     name: str
     train: torch.Tensor
     test: torch.Tensor
     levels: int
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

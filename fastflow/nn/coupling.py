@@ -45,18 +45,29 @@ class GlowConditioner(nn.Module):
 
 
 class MLPConditioner(nn.Module):
-    """The vector version: Linear → ReLU → Linear → ReLU → zero-initialised Linear, ``[B, in] → [B, out]``."""
+    """The vector version: (Linear → ReLU) × ``num_hidden_layers`` → zero-initialised Linear, ``[B, in] → [B, out]``.
 
-    def __init__(self, in_features: int, out_features: int, hidden_features: int = 512, cond_features: int = 0):
+    Two hidden layers by default; NICE used five of 1000 units.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: int = 512,
+        cond_features: int = 0,
+        num_hidden_layers: int = 2,
+    ):
         super().__init__()
+        if num_hidden_layers < 1:
+            raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
         self.cond_channels = cond_features
-        self.net = nn.Sequential(
-            nn.Linear(in_features + cond_features, hidden_features),
-            nn.ReLU(),
-            nn.Linear(hidden_features, hidden_features),
-            nn.ReLU(),
-            nn.Linear(hidden_features, out_features),
-        )
+        layers: list[nn.Module] = []
+        width = in_features + cond_features
+        for _ in range(num_hidden_layers):
+            layers += [nn.Linear(width, hidden_features), nn.ReLU()]
+            width = hidden_features
+        self.net = nn.Sequential(*layers, nn.Linear(width, out_features))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 

@@ -1,0 +1,275 @@
+"""Glow (Kingma & Dhariwal, 2018): a multi-scale flow of ActNorm → LU 1×1 convolution → coupling steps.
+
+``L`` levels; each squeezes 2×2, runs ``K`` flow steps, and (but the last) factors out half of the channels
+with a learned conditional prior (:class:`fastflow.nn.Split`). The top prior is ``N(μ, σ²)`` with ``(μ, log σ)``
+learned per channel (``learn_top``) and, for a class-conditional model, shifted by a learned embedding of the
+label (ycond), which also gets a classifier on the top ``z``. Images are reduced to ``n_bits`` and dequantised
+uniformly; ``log_prob`` is the discrete log-likelihood (the quantisation term included), so bits/dim compare
+with the paper's.
+
+Every factored-out part and the top ``z`` are standardised (``ε = (z − μ)/σ``), so ``forward(x)`` returns the
+list of ``ε`` of every level, each scored under ``N(0, I)``, and ``inverse(zs)`` is the exact inverse.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastflow.models.quantization import bits_per_dim
+from fastflow.nn import FlowStep, InvertibleSequential, Split, Squeeze
+
+__all__ = ["Glow"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _standard_normal_log_prob(eps: Tensor) -> Tensor:
+    return -0.5 * (eps.float() ** 2 + _LOG_2PI).flatten(1).sum(1)
+
+
+class Glow(nn.Module):
+    """Glow on images ``[B, C, H, W]`` (uint8 in ``[0, 2^8)`` or floats in ``[0, 1]``).
+
+    Args:
+        in_channels, image_size: ``C`` and ``H = W`` (divisible by ``2^levels``).
+        levels: ``L``; depth: ``K`` steps per level; hidden_channels: coupling width.
+        coupling: ``"affine"`` or ``"additive"``; lu: LU 1×1 convolutions (fused with ActNorm).
+        learn_top: learned top prior; num_classes: class-conditional prior and classifier (ycond).
+        n_bits: bits per channel the 8-bit images are reduced to (``2^n_bits`` levels).
+        num_levels: the data's grey levels when they are not ``2^n_bits`` (e.g. 17 for the digits): uint8
+            inputs are then levels in ``[0, num_levels)`` and floats ``k/(num_levels − 1)``.
+        memory_efficient: rebuild activations from outputs in the backward (memory independent of ``K``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        *,
+        levels: int = 3,
+        depth: int = 32,
+        hidden_channels: int = 512,
+        coupling: str = "affine",
+        lu: bool = True,
+        learn_top: bool = True,
+        num_classes: int | None = None,
+        n_bits: int = 8,
+        memory_efficient: bool = False,
+        num_levels: int | None = None,
+    ):
+        super().__init__()
+        if levels < 1 or depth < 1:
+            raise ValueError(f"levels and depth must be >= 1, got levels={levels}, depth={depth}")
+        if image_size % (2**levels):
+            raise ValueError(f"image_size must be divisible by 2^levels = {2**levels}, got {image_size}")
+        if not 1 <= n_bits <= 8:
+            raise ValueError(f"n_bits must be in 1..8, got {n_bits}")
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 or None, got {num_classes}")
+        self.in_channels, self.image_size, self.n_bits = in_channels, image_size, n_bits
+        self.num_levels = num_levels if num_levels is not None else 2**n_bits
+        self.num_classes = num_classes
+        self.learn_top = learn_top
+        self.memory_efficient = memory_efficient
+
+        self.levels = nn.ModuleList()
+        self.splits = nn.ModuleList()
+        channels = in_channels
+        for level in range(levels):
+            channels *= 4
+            steps = [
+                FlowStep(channels, hidden_channels=hidden_channels, coupling=coupling, lu=lu) for _ in range(depth)
+            ]
+            self.levels.append(InvertibleSequential(Squeeze(), *steps, memory_efficient=memory_efficient))
+            if level < levels - 1:
+                self.splits.append(Split(channels))
+                channels //= 2
+        self.top_channels = channels
+        self.top_size = image_size // 2**levels
+        if learn_top:
+            # Glow applies a zero-initialised convolution to zeros, i.e. a learned (μ, log σ) per channel: kept
+            # here as that, without the convolution's weight (which never receives a gradient).
+            self.top_prior = nn.Parameter(torch.zeros(2 * channels))
+        if num_classes is not None:
+            self.class_embedding = nn.Linear(num_classes, 2 * channels)
+            self.classifier = nn.Linear(channels, num_classes)
+            for layer in (self.class_embedding, self.classifier):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    # ----------------------------------------------------------------------------------------------
+    # Data.
+
+    @property
+    def num_dims(self) -> int:
+        return self.in_channels * self.image_size**2
+
+    def _levels(self, x: Tensor) -> Tensor:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be [B, {', '.join(map(str, expected))}], got {got}")
+        eight_bit = self.num_levels == 2**self.n_bits
+        top = 255 if eight_bit else self.num_levels - 1
+        if x.dtype == torch.uint8:
+            k = x.float()
+        elif x.is_floating_point():
+            k = torch.round(x.float() * top)
+        else:
+            raise TypeError(f"x must be uint8 or floats in [0, 1], got {x.dtype}")
+        if eight_bit and self.n_bits < 8:
+            k = torch.floor(k / 2 ** (8 - self.n_bits))
+        return k
+
+    def preprocess(self, x: Tensor, noise: bool = True) -> Tensor:
+        """``u = (k + ε)/2^n_bits − 1/2``, ``ε ~ U[0, 1)``: Glow's dequantised input in ``[−1/2, 1/2)``."""
+        k = self._levels(x)
+        eps = torch.rand_like(k) if noise else torch.full_like(k, 0.5)
+        dtype = next(self.parameters()).dtype
+        return ((k + eps) / self.num_levels - 0.5).to(dtype)
+
+    def postprocess(self, u: Tensor) -> Tensor:
+        """Images in ``[0, 1]`` from the flow's input space."""
+        k = torch.floor((u + 0.5) * self.num_levels).clamp(0, self.num_levels - 1)
+        return k / (self.num_levels - 1)
+
+    # ----------------------------------------------------------------------------------------------
+    # The flow.
+
+    def _top_params(self, batch: int, y: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(μ, log σ)`` of the top prior, ``[B, C_top, h, w]`` each."""
+        h = like.new_zeros(batch, 2 * self.top_channels, self.top_size, self.top_size)
+        if self.learn_top:
+            h = h + self.top_prior.to(like.dtype)[None, :, None, None]
+        if self.num_classes is not None:
+            if y is None:
+                raise ValueError("this Glow is class-conditional (num_classes set): pass the labels y")
+            onehot = F.one_hot(y, self.num_classes).to(like.dtype)
+            h = h + self.class_embedding(onehot)[:, :, None, None]
+        elif y is not None:
+            raise ValueError("y was given but this Glow has num_classes=None")
+        return h[:, 0::2], h[:, 1::2]
+
+    def _check_labels(self, y: Tensor | None, batch: int) -> None:
+        if y is None:
+            return
+        if not isinstance(y, Tensor) or y.dtype not in (torch.int64, torch.int32) or y.shape != (batch,):
+            got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"y must be integer labels of shape ({batch},), got {got}")
+
+    def encode(self, u: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """Flow's forward on pre-processed ``u``: the standardised ``ε`` of every level and ``log|det J|``."""
+        self._check_labels(y, u.shape[0])
+        zs: list[Tensor] = []
+        logdet = u.new_zeros(u.shape[0], dtype=torch.float64 if u.dtype == torch.float64 else torch.float32)
+        h = u
+        for index, level in enumerate(self.levels):
+            h, level_logdet = level(h)
+            logdet = logdet + level_logdet
+            if index < len(self.splits):
+                h, split_logdet = self.splits[index](h)
+                logdet = logdet + split_logdet
+                half = h.shape[1] // 2
+                zs.append(h[:, half:])
+                h = h[:, :half]
+        mean, log_sigma = self._top_params(u.shape[0], y, h)
+        eps, top_logdet = self._standardize_top(h, mean, log_sigma)
+        zs.append(eps)
+        return zs, logdet + top_logdet
+
+    def _standardize_top(self, z: Tensor, mean: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``ε = (z − μ)/σ`` and its ``log|det| = −Σ log σ``."""
+        eps = (z - mean) * torch.exp(-log_sigma)
+        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+        return eps, -log_sigma.to(dtype).flatten(1).sum(1)
+
+    def forward(self, x: Tensor, y: Tensor | None = None, noise: bool = True) -> tuple[list[Tensor], Tensor]:
+        """``(zs, logdet)``: the standardised latent of every level (finest first) and ``log|det ∂z/∂u|`` ``[B]``."""
+        return self.encode(self.preprocess(x, noise), y)
+
+    def decode(self, zs: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
+        """The exact inverse of :meth:`encode`: the pre-processed ``u`` from the ``ε`` of every level."""
+        if len(zs) != len(self.levels):
+            raise ValueError(f"zs must hold one tensor per level ({len(self.levels)}), got {len(zs)}")
+        eps_top = zs[-1]
+        self._check_labels(y, eps_top.shape[0])
+        mean, log_sigma = self._top_params(eps_top.shape[0], y, eps_top)
+        h = eps_top * torch.exp(log_sigma) + mean
+        for index in reversed(range(len(self.levels))):
+            if index < len(self.splits):
+                h, _ = self.splits[index].inverse(torch.cat([h, zs[index]], 1))
+            h, _ = self.levels[index].inverse(h)
+        return h
+
+    def inverse(self, zs: Sequence[Tensor], y: Tensor | None = None) -> Tensor:
+        """The exact inverse of :meth:`forward`: images' pre-processed ``u`` (:meth:`postprocess` makes images)."""
+        return self.decode(zs, y)
+
+    # ----------------------------------------------------------------------------------------------
+    # Likelihood and sampling.
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None, noise: bool = True) -> Tensor:
+        """Discrete log-likelihood of each image in nats, ``[B]`` (float32), the quantisation term included."""
+        zs, logdet = self(x, y, noise)
+        prior = sum(_standard_normal_log_prob(z) for z in zs)
+        return prior + logdet - self.num_dims * math.log(self.num_levels)
+
+    def bits_per_dim(self, x: Tensor, y: Tensor | None = None, noise: bool = True) -> Tensor:
+        return bits_per_dim(self.log_prob(x, y, noise), self.num_dims)
+
+    def class_logits(self, x: Tensor, noise: bool = True) -> Tensor:
+        """ycond's classifier on the (unstandardised) top latent: ``[B, num_classes]`` logits."""
+        if self.num_classes is None:
+            raise ValueError("class_logits needs a class-conditional Glow (num_classes set)")
+        h = self.preprocess(x, noise)
+        for index, level in enumerate(self.levels):
+            h, _ = level(h)
+            if index < len(self.splits):
+                h, _ = self.splits[index](h)
+                h = h[:, : h.shape[1] // 2]
+        return self.classifier(h.mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        temperature: float | Sequence[float] = 1.0,
+        y: Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """``n`` images ``[n, C, H, W]`` in ``[0, 1]``; ``temperature`` one value or one per level (finest first)."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        if isinstance(temperature, (int, float)):
+            temperatures = [float(temperature)] * len(self.levels)
+        else:
+            temperatures = list(temperature)
+        if len(temperatures) != len(self.levels) or any(t < 0 for t in temperatures):
+            raise ValueError(f"temperature must be >= 0, one value or one per level ({len(self.levels)})")
+        parameter = next(self.parameters())
+        device = device or parameter.device
+        shapes = self.latent_shapes()
+        zs = [
+            t * torch.randn(n, *shape, device=device, dtype=parameter.dtype)
+            for t, shape in zip(temperatures, shapes, strict=True)
+        ]
+        if y is not None:
+            y = y.to(device)
+        return self.postprocess(self.decode(zs, y)).clamp(0, 1)
+
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        """The shape of ``ε`` at every level, finest first."""
+        shapes = []
+        channels, size = self.in_channels, self.image_size
+        for index in range(len(self.levels)):
+            channels, size = channels * 4, size // 2
+            if index < len(self.splits):
+                shapes.append((channels // 2, size, size))
+                channels //= 2
+        shapes.append((channels, size, size))
+        return shapes

@@ -1,0 +1,72 @@
+"""Glow's flow step: ActNorm → invertible 1×1 convolution → coupling.
+
+With the LU 1×1 convolution, ActNorm is folded into it and both run as one fused pass
+(``fastflow.ops.actnorm_invconv``); ActNorm's data-dependent initialisation still sees the step's input.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from fastflow.nn.actnorm import ActNorm
+from fastflow.nn.coupling import AdditiveCoupling, AffineCoupling
+from fastflow.nn.invconv import InvConv1x1
+
+__all__ = ["FlowStep"]
+
+
+class FlowStep(nn.Module):
+    """One step of Glow on ``[B, C, H, W]``: ``forward(x) -> (y, logdet [B])``, ``inverse(y) -> (x, logdet)``.
+
+    Args:
+        num_channels: ``C`` (even: the coupling splits channels in halves).
+        hidden_channels: width of the coupling's conditioner.
+        coupling: ``"affine"`` (Glow, ``sigmoid(h + 2)`` scale) or ``"additive"`` (NICE-style).
+        lu: LU-parametrised 1×1 convolution (fused with ActNorm), or a plain weight.
+        cond_channels: channels of ``cond`` for a conditional coupling.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        *,
+        hidden_channels: int = 512,
+        coupling: str = "affine",
+        lu: bool = True,
+        scale: str = "sigmoid",
+        cond_channels: int = 0,
+    ):
+        super().__init__()
+        if coupling not in ("affine", "additive"):
+            raise ValueError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
+        self.actnorm = ActNorm(num_channels)
+        self.invconv = InvConv1x1(num_channels, lu=lu)
+        if coupling == "affine":
+            self.coupling = AffineCoupling(
+                num_channels, hidden_channels=hidden_channels, scale=scale, cond_channels=cond_channels
+            )
+        else:
+            self.coupling = AdditiveCoupling(num_channels, hidden_channels=hidden_channels, cond_channels=cond_channels)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.invconv.lu:
+            self.actnorm._check(x)
+            if self.actnorm.needs_init:
+                self.actnorm.initialize(x)
+            y, logdet = self.invconv._lu_call(x, self.actnorm.log_scale, self.actnorm.bias, inverse=False)
+        else:
+            y, logdet = self.actnorm(x)
+            y, logdet_w = self.invconv(y)
+            logdet = logdet + logdet_w
+        y, logdet_c = self.coupling(y, cond)
+        return y, logdet + logdet_c
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x, logdet = self.coupling.inverse(y, cond)
+        if self.invconv.lu:
+            x, logdet_w = self.invconv._lu_call(x, self.actnorm.log_scale, self.actnorm.bias, inverse=True)
+        else:
+            x, logdet_w = self.invconv.inverse(x)
+            x, logdet_a = self.actnorm.inverse(x)
+            logdet_w = logdet_w + logdet_a
+        return x, logdet + logdet_w
