@@ -21,8 +21,8 @@ def _build_model(args: argparse.Namespace, channels: int, size: int, levels: int
         return Glow(channels, size, levels=args.levels, depth=args.depth, hidden_channels=args.hidden,
                     num_levels=num_levels, memory_efficient=args.memory_efficient)
     if args.model == "realnvp":
-        return RealNVP(channels, size, levels=args.levels, hidden_channels=args.hidden, num_levels=levels,
-                       memory_efficient=args.memory_efficient)
+        return RealNVP(channels, size, levels=args.levels, hidden_channels=args.hidden, num_blocks=args.blocks,
+                       num_levels=levels, memory_efficient=args.memory_efficient)
     return CouplingFlow(channels, size, num_couplings=args.couplings, hidden_channels=args.hidden, levels=levels)
 
 
@@ -40,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
     model = _build_model(args, channels, height, data.levels)
     out = args.out or os.path.join("runs", f"{args.model}-{data.name}")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         eval_every=args.eval_every, out=out)
+                         eval_every=args.eval_every, max_minutes=args.max_minutes, out=out)
     print(f"fastflow {fastflow.__version__}: training {args.model} on {data.name} "
           f"({len(data.train)} train / {len(data.test)} test images, {channels}×{height}×{width}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, backend {fastflow.get_backend()})")
@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--depth", type=int, default=8, help="glow: flow steps per level")
     train.add_argument("--couplings", type=int, default=8, help="flow: number of couplings")
     train.add_argument("--hidden", type=int, default=64, help="conditioner width")
+    train.add_argument("--blocks", type=int, default=2, help="realnvp: residual blocks per conditioner")
     train.add_argument("--memory-efficient", action="store_true", help="rebuild activations in the backward")
     train.add_argument("--eval-every", type=int, default=250)
+    train.add_argument("--max-minutes", type=float, default=None, help="stop when this wall-clock budget is spent")
     train.add_argument("--out", default=None, help="output folder (default runs/<model>-<data>)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)

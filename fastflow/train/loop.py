@@ -31,6 +31,8 @@ class TrainConfig:
     eval_every: int = 250
     num_samples: int = 64
     temperature: float = 0.8
+    #: Wall-clock budget: stop (with a final evaluation, samples and checkpoint) once it is spent; None: no limit.
+    max_minutes: float | None = None
     out: str = "runs/digits"
     device: str = "cpu"
 
@@ -42,6 +44,8 @@ def _check_config(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not config.lr > 0:
         raise ValueError(f"lr must be positive, got {config.lr}")
+    if config.max_minutes is not None and not config.max_minutes > 0:
+        raise ValueError(f"max_minutes must be positive or None, got {config.max_minutes}")
 
 
 @torch.no_grad()
@@ -93,9 +97,12 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, progress: b
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             schedule.step()
-            if step % 25 == 0 or step == config.steps:
+            out_of_time = (config.max_minutes is not None
+                           and time.perf_counter() - started > 60 * config.max_minutes)
+            last = step == config.steps or out_of_time
+            if step % 25 == 0 or last:
                 bar.set_postfix(bpd=f"{loss.item():.3f}")
-            if step % config.eval_every == 0 or step == config.steps:
+            if step % config.eval_every == 0 or last:
                 metrics = {
                     "step": step,
                     "loss": loss.item(),
@@ -118,6 +125,9 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, progress: b
                     f"step {step:5d}  train {metrics['train_bpd']:.3f} bits/dim  "
                     f"test {metrics['test_bpd']:.3f} bits/dim"
                 )
+            if out_of_time:
+                tqdm.write(f"stopping at step {step}: the {config.max_minutes:g}-minute budget is spent")
+                break
     samples = model.sample(config.num_samples, temperature=config.temperature)
     save_grid(samples, os.path.join(config.out, "samples.png"), scale=4)
     if not math.isfinite(metrics.get("test_bpd", float("nan"))):

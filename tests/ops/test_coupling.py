@@ -65,7 +65,9 @@ def _run(x, h, mask, scale, flip, inverse, grad_y, grad_logdet):
         y, logdet = additive_coupling(x, shift, mask=mask, flip=flip, inverse=inverse)
     else:
         y, logdet = affine_coupling(x, raw_scale, shift, mask=mask, scale=scale, flip=flip, inverse=inverse)
-    grad_x, grad_h = torch.autograd.grad((y, logdet), (x, h), (grad_y.to(y.dtype), grad_logdet.to(logdet.dtype)))
+    # The additive coupling's log-determinant is the constant 0: the plain reference leaves it out of the graph.
+    pairs = [(out, g.to(out.dtype)) for out, g in ((y, grad_y), (logdet, grad_logdet)) if out.requires_grad]
+    grad_x, grad_h = torch.autograd.grad([out for out, _ in pairs], (x, h), [g for _, g in pairs])
     return y, logdet, grad_x, grad_h
 
 
