@@ -78,6 +78,11 @@ class Case:
         quick: part of ``--quick`` (the acceptance shapes).
         params: shape and options, copied into the results.
         why_not: for the extra providers: ``(provider, device) -> reason or None``.
+        contexts: provider -> context-manager factory entered around its calls, backward included, for the
+            providers that take no backend of their own (``reference``, ``compile``, extra ones): a model-level
+            case forces ``fastflow.set_backend("reference")`` there, so that its baseline is plain PyTorch.
+        uses: the fastflow ops a model-level case calls (a backend provider runs it when it runs them all);
+            empty: the case's own ``op``.
     """
 
     op: str
@@ -90,6 +95,8 @@ class Case:
     quick: bool = False
     params: Mapping[str, object] = field(default_factory=dict)
     why_not: Callable[[str, torch.device], str | None] | None = None
+    contexts: Mapping[str, Callable[[], object]] = field(default_factory=dict)
+    uses: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -164,7 +171,11 @@ def why_not(case: Case, provider: str, device: torch.device) -> str | None:
             return f"{case.op} has no fastflow function"
         if provider == "triton" and device.type == "cpu":
             return "Triton runs on CUDA tensors; on CPU only its interpreter runs, which is not worth timing"
-        return _backends.why_not(provider, case.op, device, case.dtype)
+        for op in case.uses or (case.op,):
+            reason = _backends.why_not(provider, op, device, case.dtype)
+            if reason is not None:
+                return reason if not case.uses else f"{op}: {reason}"
+        return None
     if provider in BASE_PROVIDERS:
         return None
     if provider not in case.fns:
@@ -191,17 +202,18 @@ def _configure_dynamo() -> None:
 def provider_fn(case: Case, provider: str, device: torch.device) -> tuple[Callable, Callable[[], object]]:
     """``(function, context factory)`` running ``case`` with ``provider``; the context must wrap the
     backward too (the backend is chosen when the backward runs)."""
+    context = case.contexts.get(provider, contextlib.nullcontext)
     if provider == "reference":
-        return case.fns["reference"], contextlib.nullcontext
+        return case.fns["reference"], context
     if provider == "compile":
         key = (case.id, str(device))
         if key not in _COMPILED:
             _configure_dynamo()
             _COMPILED[key] = torch.compile(case.fns["reference"], dynamic=False)
-        return _COMPILED[key], contextlib.nullcontext
+        return _COMPILED[key], context
     if provider in BACKEND_PROVIDERS:
         return case.fns["fastflow"], lambda: fastflow.set_backend(provider)
-    return case.fns[provider], contextlib.nullcontext
+    return case.fns[provider], context
 
 
 # --------------------------------------------------------------------------------------------------
@@ -621,7 +633,7 @@ def run(
         "timing": dataclasses.asdict(config),
         "backends": {op: {backend: _backends.why_not(backend, op, device, torch.float32) or "available"
                           for backend in _backends.BACKENDS}
-                     for op in sorted({case.op for case in cases})},
+                     for op in sorted({op for case in cases for op in case.uses or (case.op,)} & set(_backends._OPS))},
         "results": rows,
     }
 

@@ -8,6 +8,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "actnorm_invconv.h"
 #include "coupling.h"
 
 extern "C" {
@@ -31,11 +32,15 @@ TORCH_LIBRARY(fastflow_C, m) {
   m.def(
       "coupling_bwd(Tensor grad_y, Tensor grad_logdet, Tensor z, Tensor raw_scale, int mask, int scale, bool flip, "
       "bool inverse, float clamp) -> (Tensor, Tensor, Tensor)");
+  m.def("actnorm_invconv_fwd(Tensor x, Tensor weight, Tensor bias) -> Tensor");
+  m.def("actnorm_invconv_bwd(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastflow_C, CPU, m) {
   m.impl("coupling_fwd", &fastflow::coupling_fwd_cpu);
   m.impl("coupling_bwd", &fastflow::coupling_bwd_cpu);
+  m.impl("actnorm_invconv_fwd", &fastflow::actnorm_invconv_fwd_cpu);
+  m.impl("actnorm_invconv_bwd", &fastflow::actnorm_invconv_bwd_cpu);
 }
 
 #ifdef FASTFLOW_WITH_CUDA

@@ -158,8 +158,8 @@ def actnorm_invconv(
         inverse: compute ``x = exp(−log_scale) ⊙ (W⁻¹·y − bias)`` from ``x`` playing the role of ``y``.
 
     Returns:
-        ``(y [B, C, H, W] contiguous, logdet [B])``: ``logdet = ±H·W·(Σ log_scale + Σ log_s)``, float32 (float64
-        for float64 input), the log-determinant of the direction computed.
+        ``(y [B, C, H, W], logdet [B])``, ``y`` contiguous on the fused path; ``logdet = ±H·W·(Σ log_scale +
+        Σ log_s)``, float32 (float64 for float64 input), the log-determinant of the direction computed.
 
     Example:
         >>> C = 4; lower, upper = torch.randn(C, C) * 0.1, torch.randn(C, C) * 0.1
