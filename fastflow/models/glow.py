@@ -134,7 +134,13 @@ class Glow(nn.Module):
         return ((k + eps) / self.num_levels - 0.5).to(dtype)
 
     def postprocess(self, u: Tensor) -> Tensor:
-        """Images in ``[0, 1]`` from the flow's input space."""
+        """Images in ``[0, 1]`` from the flow's input space.
+
+        The inverse divides by ``sigmoid(h + 2)`` at every step, so a latent far from the data (high temperature,
+        an under-trained model) can overflow float32 on its way back; such pixels are saturated (``±inf`` to the
+        nearest end of the range, NaN to mid-grey) instead of breaking the image.
+        """
+        u = torch.nan_to_num(u, nan=0.0, posinf=0.5, neginf=-0.5)
         k = torch.floor((u + 0.5) * self.num_levels).clamp(0, self.num_levels - 1)
         return k / (self.num_levels - 1)
 

@@ -122,7 +122,8 @@ class RealNVP(nn.Module):
 
     def inverse(self, zs: list[Tensor]) -> Tensor:
         """Images in ``[0, 1]`` (continuous) from the latents of every scale."""
-        h = self.decode(zs)
+        # An overflowed pixel (a latent far from the data) is saturated, as Glow.postprocess does.
+        h = torch.nan_to_num(self.decode(zs), nan=0.0)
         return ((torch.sigmoid(h) - self.alpha) / (1 - 2 * self.alpha)).clamp(0, 1)
 
     def log_prob(self, x: Tensor, noise: bool = True) -> Tensor:

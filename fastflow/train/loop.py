@@ -30,7 +30,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 250
     num_samples: int = 64
-    temperature: float = 0.8
+    temperature: float = 0.7  # Glow's sampling temperature
     #: Wall-clock budget: stop (with a final evaluation, samples and checkpoint) once it is spent; None: no limit.
     max_minutes: float | None = None
     out: str = "runs/digits"
