@@ -1,5 +1,5 @@
-"""The ``fastflow`` command: ``fastflow train`` (a flow on the built-in digits or a given data set) and
-``fastflow info`` (which kernel backends are available, and why not)."""
+"""The ``fastflow`` command: ``fastflow train`` (Glow, RealNVP or a small coupling flow on the built-in digits or a
+given data set) and ``fastflow info`` (which kernel backends are available, and why not)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A small multi-scale flow of affine couplings (RealNVP's recipe, no ActNorm or 1×1 convolution).
 
 Architecture on ``[B, C, H, W]``: dequantise → logit → ``K/2`` checkerboard couplings (alternating parity) →
-squeeze → ``K/2`` channel couplings (alternating halves) → standard normal prior. It is the quick start's
-default model until Glow lands; every coupling runs on the fused ``fastflow.ops`` coupling op.
+squeeze → ``K/2`` channel couplings (alternating halves) → standard normal prior. Every coupling runs on the
+fused ``fastflow.ops`` coupling op; ``fastflow train flow`` trains it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fastflow.models.quantization import bits_per_dim, dequantize, to_levels
+from fastflow.models.quantization import bits_per_dim, dequantize, standard_normal_log_prob, to_levels
 from fastflow.nn import AffineCoupling, FlowSequential, Squeeze
 
 __all__ = ["CouplingFlow"]
@@ -89,7 +89,7 @@ class CouplingFlow(nn.Module):
     def log_prob(self, x: Tensor, noise: bool = True) -> Tensor:
         """Discrete log-likelihood bound of each image in nats, ``[B]`` (dequantisation term included)."""
         z, logdet = self(x, noise)
-        prior = -0.5 * (z.float() ** 2 + math.log(2 * math.pi)).flatten(1).sum(1)
+        prior = standard_normal_log_prob(z)
         return prior + logdet - self.num_dims * math.log(self.levels)
 
     def bits_per_dim(self, x: Tensor, noise: bool = True) -> Tensor:

@@ -20,16 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.models.quantization import bits_per_dim
+from fastflow.models.quantization import bits_per_dim, standard_normal_log_prob
 from fastflow.nn import FlowStep, InvertibleSequential, Split, Squeeze
 
 __all__ = ["Glow"]
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def _standard_normal_log_prob(eps: Tensor) -> Tensor:
-    return -0.5 * (eps.float() ** 2 + _LOG_2PI).flatten(1).sum(1)
 
 
 class Glow(nn.Module):
@@ -222,7 +216,7 @@ class Glow(nn.Module):
     def log_prob(self, x: Tensor, y: Tensor | None = None, noise: bool = True) -> Tensor:
         """Discrete log-likelihood of each image in nats, ``[B]`` (float32), the quantisation term included."""
         zs, logdet = self(x, y, noise)
-        prior = sum(_standard_normal_log_prob(z) for z in zs)
+        prior = sum(standard_normal_log_prob(z) for z in zs)
         return prior + logdet - self.num_dims * math.log(self.num_levels)
 
     def bits_per_dim(self, x: Tensor, y: Tensor | None = None, noise: bool = True) -> Tensor:

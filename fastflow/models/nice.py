@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.models.quantization import bits_per_dim, dequantize
+from fastflow.models.quantization import bits_per_dim, dequantize, standard_normal_log_prob
 from fastflow.nn import AdditiveCoupling, FlowSequential, MLPConditioner
 
 __all__ = ["NICE"]
@@ -89,10 +89,11 @@ class NICE(nn.Module):
         return self.decode(h)
 
     def prior_log_prob(self, h: Tensor) -> Tensor:
-        h = h.float()
+        """``log p(h)`` ``[B]`` under the factorised prior, in float32 (float64 for float64 ``h``)."""
+        h = h if h.dtype == torch.float64 else h.float()
         if self.prior == "logistic":
             return -(F.softplus(h) + F.softplus(-h)).sum(1)
-        return -0.5 * (h * h + math.log(2 * math.pi)).sum(1)
+        return standard_normal_log_prob(h)
 
     def log_prob(self, x: Tensor, noise: bool = True) -> Tensor:
         """Discrete log-likelihood in nats, ``[B]``."""

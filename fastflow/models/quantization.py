@@ -11,7 +11,9 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["bits_per_dim", "dequantize", "to_levels"]
+__all__ = ["bits_per_dim", "dequantize", "standard_normal_log_prob", "to_levels"]
+
+_LOG_2PI = math.log(2 * math.pi)
 
 
 def to_levels(x: Tensor, levels: int) -> Tensor:
@@ -38,3 +40,9 @@ def dequantize(k: Tensor, levels: int, noise: bool = True) -> Tensor:
 def bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:
     """``−log P / (D·log 2)`` per example, from the log-likelihood in nats."""
     return -log_prob / (num_dims * math.log(2.0))
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` per example, ``[B]``, from ``z [B, ...]``; in float32 (float64 for float64 ``z``)."""
+    z = z if z.dtype == torch.float64 else z.float()
+    return -0.5 * (z * z + _LOG_2PI).flatten(1).sum(1)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fastflow.models.quantization import bits_per_dim, dequantize, to_levels
+from fastflow.models.quantization import bits_per_dim, dequantize, standard_normal_log_prob, to_levels
 from fastflow.nn import AffineCoupling, InvertibleSequential, Squeeze
 from fastflow.nn.resnet import ResNetConditioner
 
@@ -128,7 +128,7 @@ class RealNVP(nn.Module):
 
     def log_prob(self, x: Tensor, noise: bool = True) -> Tensor:
         zs, logdet = self(x, noise)
-        prior = sum(-0.5 * (z.float() ** 2 + math.log(2 * math.pi)).flatten(1).sum(1) for z in zs)
+        prior = sum(standard_normal_log_prob(z) for z in zs)
         return prior + logdet - self.num_dims * math.log(self.num_levels)
 
     def bits_per_dim(self, x: Tensor, noise: bool = True) -> Tensor:
