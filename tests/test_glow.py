@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastflow.models import NICE, Glow, RealNVP
-from fastflow.nn import ActNorm
+from fastflow.nn import ActNorm, FlowStep, InvConv1x1
 from fastflow.train.guard import NonFiniteGuard
 
 
@@ -199,3 +199,14 @@ def test_non_finite_guard_names_the_layer():
     with pytest.raises(FloatingPointError, match=r"step 7: non-finite value first in 1 \(Linear\)"):
         guard.check(7, loss)
     guard.close()
+
+
+def test_empty_batch_and_empty_init_batch():
+    step = FlowStep(4, hidden_channels=4)
+    with pytest.raises(ValueError, match="first training batch, which is empty"):
+        step(torch.zeros(0, 4, 3, 3))
+    step(torch.randn(2, 4, 3, 3))
+    for layer in (step, ActNorm(4), InvConv1x1(4, lu=False)):
+        layer.eval()
+        y, logdet = layer(torch.zeros(0, 4, 3, 3))
+        assert y.shape == (0, 4, 3, 3) and logdet.shape == (0,)

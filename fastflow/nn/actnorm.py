@@ -7,6 +7,8 @@ same parameters and the result equals one process seeing the whole global batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -61,12 +63,15 @@ class ActNorm(nn.Module):
     def initialize(self, x: Tensor) -> None:
         """Set ``log_scale``, ``bias`` so that ``y`` has per-channel mean 0 and std 1 over the (global) batch."""
         self._check(x)
+        distributed = dist.is_available() and dist.is_initialized()
+        if x.shape[0] == 0 and not distributed:
+            raise ValueError("x: ActNorm initialises its scale and bias from the first training batch, which is empty")
         dims = [0] + list(range(2, x.dim()))
         x64 = x.detach().double()
         # Sums, not means, so that the all-reduce gives exactly the statistics of the global batch.
         stats = torch.stack([x64.sum(dims), (x64 * x64).sum(dims)])
         count = torch.tensor([x.numel() / self.num_channels], dtype=torch.float64, device=x.device)
-        if dist.is_available() and dist.is_initialized():
+        if distributed:
             dist.all_reduce(stats)
             dist.all_reduce(count)
         mean = stats[0] / count
@@ -77,7 +82,7 @@ class ActNorm(nn.Module):
         self.mark_initialized()
 
     def _spatial(self, x: Tensor) -> int:
-        return x[0, 0].numel()
+        return math.prod(x.shape[2:])
 
     def _logdet(self, x: Tensor, sign: float) -> Tensor:
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -72,7 +72,7 @@ class InvConv1x1(nn.Module):
         weight = torch.linalg.inv(self.weight) if inverse else self.weight
         y = F.conv2d(x, weight.to(x.dtype)[:, :, None, None])
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        logdet = x[0, 0].numel() * torch.linalg.slogdet(self.weight.to(dtype))[1]
+        logdet = x.shape[2] * x.shape[3] * torch.linalg.slogdet(self.weight.to(dtype))[1]
         return y, (-logdet if inverse else logdet).expand(x.shape[0])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
