@@ -15,18 +15,53 @@ from fastflow.train import load_checkpoint, save_checkpoint
 
 def test_train_command_writes_metrics_samples_and_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--steps", "60", "--eval-every", "30", "--hidden", "16", "--couplings", "4",
+    code = main(["train", "glow", "--steps", "60", "--eval-every", "30", "--hidden", "16", "--depth", "2",
                  "--out", str(out), "--no-progress"])
     assert code == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [line for line in lines if "step" in line]
-    assert [line["step"] for line in logged] == [30, 60]
-    assert all("loss" in line and torch.isfinite(torch.tensor(line["test_bpd"])) for line in logged)
-    assert logged[-1]["test_bpd"] < 4.09  # below the uniform model's log2(17) bits/dim
-    for name in ("samples.png", "samples_30.png", "samples_60.png", "checkpoint.pt"):
+    assert [line["step"] for line in logged] == [10, 20, 30, 40, 50, 60]
+    evaluated = [line for line in logged if "test_bpd" in line]
+    assert [line["step"] for line in evaluated] == [30, 60]
+    assert all(torch.isfinite(torch.tensor(line["loss"])) for line in logged)
+    assert evaluated[-1]["test_bpd"] < 4.09  # below the uniform model's log2(17) bits/dim
+    for name in ("samples.png", "samples_30.png", "samples_60.png", "checkpoint.pt", "loss.png",
+                 "checkpoint-00000030.pt", "checkpoint-00000060.pt"):
         assert (out / name).is_file(), name
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 60
     assert "bits/dim" in capsys.readouterr().out
+
+
+def test_sample_and_eval_commands_rebuild_the_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "flow", "--steps", "20", "--eval-every", "20", "--hidden", "8", "--couplings", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--n", "9", "--out", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").is_file()
+    assert main(["eval", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "bits/dim over 297 images" in report
+
+
+def test_every_registered_model_trains_from_the_command(tmp_path):
+    from fastflow.models.registry import MODELS
+
+    small = {"glow": ["--hidden", "8", "--depth", "1"], "realnvp": ["--hidden", "8", "--blocks", "1"],
+             "nice": ["--hidden", "16", "--layers", "1"], "flow": ["--hidden", "8", "--couplings", "2"]}
+    assert set(small) == set(MODELS)
+    for name, options in small.items():
+        out = tmp_path / name
+        assert main(["train", name, *options, "--steps", "4", "--eval-every", "4", "--num-samples", "4",
+                     "--out", str(out), "--no-progress"]) == 0, name
+        assert (out / "samples.png").is_file()
+
+
+def test_presets_and_bad_options(capsys):
+    assert main(["train", "--preset", "glow-cifar10", "realnvp", "--steps", "1"]) == 2
+    assert "is for glow, not realnvp" in capsys.readouterr().err
+    assert main(["train", "realnvp", "--depth", "3", "--steps", "1"]) == 2
+    assert "takes no option depth" in capsys.readouterr().err
 
 
 def test_bad_data_spec_is_a_clear_error(capsys):

@@ -1,11 +1,29 @@
 """Data sets: the built-in default (scikit-learn's 8×8 digits), loaded by a ``SPEC`` string.
 
-``idx:DIR`` loads MNIST-format folders (MNIST, Fashion-MNIST); ``fashion-mnist`` finds Fashion-MNIST by itself.
-More formats (npz, image folders, text) join ``load`` by registration in ``fastflow.data.registry``.
+Image kinds (``ImageData``): ``idx:DIR`` loads MNIST-format folders (MNIST, Fashion-MNIST), ``fashion-mnist`` finds
+Fashion-MNIST by itself, ``npz:PATH`` reads a NumPy archive (binarized MNIST, CIFAR-style arrays) and
+``folder:DIR`` a folder of image files. ``text:PATH`` reads a UTF-8 file as characters (``TextData``), for language
+models. A relative path is taken from the current directory, else from ``$FASTFLOW_DATA``. More kinds join ``load``
+by registration in ``fastflow.data.registry``.
 """
 
 from fastflow.data.digits import load_digits
+from fastflow.data.folder import load_folder
 from fastflow.data.idx import load_fashion_mnist, load_idx, read_idx
+from fastflow.data.npz import load_npz
 from fastflow.data.registry import ImageData, load, register_loader
+from fastflow.data.text import TextData, load_text
 
-__all__ = ["ImageData", "load", "load_digits", "load_fashion_mnist", "load_idx", "read_idx", "register_loader"]
+__all__ = [
+    "ImageData",
+    "TextData",
+    "load",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_folder",
+    "load_idx",
+    "load_npz",
+    "load_text",
+    "read_idx",
+    "register_loader",
+]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastflow.data.paths import DATA_ENV, resolve_data_path
 from fastflow.data.registry import ImageData, register_loader
 
 __all__ = ["load_fashion_mnist", "load_idx", "read_idx"]
@@ -70,24 +71,6 @@ def _expected_files() -> str:
     return ", ".join(f"{name}[.gz]" for name in FILES.values())
 
 
-def _resolve_dir(argument: str) -> Path:
-    """``argument`` as given (relative to the current directory), else under ``$FASTFLOW_DATA`` when there."""
-    folder = Path(argument).expanduser()
-    tried = [str(folder)]
-    if not folder.is_dir():
-        root = os.environ.get("FASTFLOW_DATA")
-        if root and not folder.is_absolute():
-            candidate = Path(root).expanduser() / folder
-            if candidate.is_dir():
-                return candidate
-            tried.append(str(candidate))
-        raise FileNotFoundError(
-            f"idx data folder {argument!r} not found (tried {', '.join(tried)}); "
-            f"it should hold {_expected_files()}"
-        )
-    return folder
-
-
 def _find_file(folder: Path, name: str) -> Path:
     """``folder/name``, plain or gzip'd (``name.gz``)."""
     for candidate in (folder / name, folder / f"{name}.gz"):
@@ -118,7 +101,8 @@ def load_idx(argument: str | None = None) -> ImageData:
     """
     if argument is None:
         raise ValueError(f"data spec 'idx' needs a folder: expected 'idx:DIR' with DIR holding {_expected_files()}")
-    folder = _resolve_dir(argument)
+    folder = resolve_data_path(argument, folder=True, what="idx data folder",
+                               hint=f"it should hold {_expected_files()}")
     paths = {key: _find_file(folder, name) for key, name in FILES.items()}
     train = _images(paths["train"])
     test = _images(paths["test"])
@@ -145,7 +129,7 @@ def load_fashion_mnist(argument: str | None = None) -> ImageData:
     if argument is not None:
         raise ValueError(f"data spec 'fashion-mnist' takes no argument, got 'fashion-mnist:{argument}'")
     candidates = []
-    root = os.environ.get("FASTFLOW_DATA")
+    root = os.environ.get(DATA_ENV)
     if root:
         candidates.append(Path(root).expanduser() / "fashion-mnist")
     candidates.append(_REPO_ROOT.parent / "shared" / "data" / "fashion-mnist")

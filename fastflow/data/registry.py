@@ -1,11 +1,19 @@
-"""``load(spec)``: a data set from a spec string such as ``digits`` or ``KIND:ARGUMENT``."""
+"""``load(spec)``: a data set from a spec string such as ``digits`` or ``KIND:ARGUMENT``.
+
+Image kinds return ``ImageData``; the ``text`` kind returns ``fastflow.data.text.TextData`` (characters, for
+language models).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+
+if TYPE_CHECKING:  # text.py registers itself here, so a runtime import would be circular
+    from fastflow.data.text import TextData
 
 __all__ = ["ImageData", "load", "register_loader"]
 
@@ -29,20 +37,22 @@ class ImageData:
         return tuple(self.train.shape[1:])
 
 
-_LOADERS: dict[str, Callable[[str | None], ImageData]] = {}
+_LOADERS: dict[str, Callable[[str | None], ImageData | TextData]] = {}
+# The decorator hands back the loader itself, so ``load_digits`` keeps its own return type (``ImageData``).
+Loader = TypeVar("Loader", bound="Callable[[str | None], ImageData | TextData]")
 
 
-def register_loader(kind: str):
-    """Register ``fn(argument) -> ImageData`` for specs ``kind`` or ``kind:argument``."""
+def register_loader(kind: str) -> Callable[[Loader], Loader]:
+    """Register ``fn(argument) -> ImageData`` (or ``TextData``) for specs ``kind`` or ``kind:argument``."""
 
-    def decorator(fn: Callable[[str | None], ImageData]) -> Callable[[str | None], ImageData]:
+    def decorator(fn: Loader) -> Loader:
         _LOADERS[kind] = fn
         return fn
 
     return decorator
 
 
-def load(spec: str = "digits") -> ImageData:
+def load(spec: str = "digits") -> ImageData | TextData:
     """The data set named by ``spec``: ``digits`` (built in), or ``KIND:ARGUMENT`` of a registered kind."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"data spec must be a non-empty string such as 'digits', got {spec!r}")

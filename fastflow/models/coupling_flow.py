@@ -77,7 +77,7 @@ class CouplingFlow(nn.Module):
         logdet = (math.log(1 - 2 * self.alpha) - torch.log(p) - torch.log1p(-p)).flatten(1).sum(1)
         return y, logdet
 
-    def forward(self, x: Tensor, noise: bool = True) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, noise: bool | Tensor = True) -> tuple[Tensor, Tensor]:
         """``z [B, 4C, H/2, W/2]`` and ``log|det ∂z/∂u|`` ``[B]`` for images ``x`` (uint8 levels or [0, 1])."""
         self._check(x)
         dtype = next(self.parameters()).dtype
@@ -86,13 +86,13 @@ class CouplingFlow(nn.Module):
         z, logdet = self.flow(y)
         return z, logdet + logdet_logit
 
-    def log_prob(self, x: Tensor, noise: bool = True) -> Tensor:
+    def log_prob(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         """Discrete log-likelihood bound of each image in nats, ``[B]`` (dequantisation term included)."""
         z, logdet = self(x, noise)
         prior = standard_normal_log_prob(z)
         return prior + logdet - self.num_dims * math.log(self.levels)
 
-    def bits_per_dim(self, x: Tensor, noise: bool = True) -> Tensor:
+    def bits_per_dim(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         return bits_per_dim(self.log_prob(x, noise), self.num_dims)
 
     @torch.no_grad()

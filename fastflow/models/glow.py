@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.models.quantization import bits_per_dim, standard_normal_log_prob
+from fastflow.models.quantization import bits_per_dim, dequantization_noise, standard_normal_log_prob
 from fastflow.nn import FlowStep, InvertibleSequential, Split, Squeeze
 
 __all__ = ["Glow"]
@@ -120,10 +120,10 @@ class Glow(nn.Module):
             k = torch.floor(k / 2 ** (8 - self.n_bits))
         return k
 
-    def preprocess(self, x: Tensor, noise: bool = True) -> Tensor:
+    def preprocess(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         """``u = (k + ε)/2^n_bits − 1/2``, ``ε ~ U[0, 1)``: Glow's dequantised input in ``[−1/2, 1/2)``."""
         k = self._levels(x)
-        eps = torch.rand_like(k) if noise else torch.full_like(k, 0.5)
+        eps = dequantization_noise(k, noise)
         dtype = next(self.parameters()).dtype
         return ((k + eps) / self.num_levels - 0.5).to(dtype)
 
@@ -188,7 +188,7 @@ class Glow(nn.Module):
         dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
         return eps, -log_sigma.to(dtype).flatten(1).sum(1)
 
-    def forward(self, x: Tensor, y: Tensor | None = None, noise: bool = True) -> tuple[list[Tensor], Tensor]:
+    def forward(self, x: Tensor, y: Tensor | None = None, noise: bool | Tensor = True) -> tuple[list[Tensor], Tensor]:
         """``(zs, logdet)``: the standardised latent of every level (finest first) and ``log|det ∂z/∂u|`` ``[B]``."""
         return self.encode(self.preprocess(x, noise), y)
 
@@ -213,16 +213,16 @@ class Glow(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # Likelihood and sampling.
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None, noise: bool = True) -> Tensor:
+    def log_prob(self, x: Tensor, y: Tensor | None = None, noise: bool | Tensor = True) -> Tensor:
         """Discrete log-likelihood of each image in nats, ``[B]`` (float32), the quantisation term included."""
         zs, logdet = self(x, y, noise)
         prior = sum(standard_normal_log_prob(z) for z in zs)
         return prior + logdet - self.num_dims * math.log(self.num_levels)
 
-    def bits_per_dim(self, x: Tensor, y: Tensor | None = None, noise: bool = True) -> Tensor:
+    def bits_per_dim(self, x: Tensor, y: Tensor | None = None, noise: bool | Tensor = True) -> Tensor:
         return bits_per_dim(self.log_prob(x, y, noise), self.num_dims)
 
-    def class_logits(self, x: Tensor, noise: bool = True) -> Tensor:
+    def class_logits(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         """ycond's classifier on the (unstandardised) top latent: ``[B, num_classes]`` logits."""
         if self.num_classes is None:
             raise ValueError("class_logits needs a class-conditional Glow (num_classes set)")

@@ -60,7 +60,7 @@ class NICE(nn.Module):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must be [B, {self.dim}], got {got}")
 
-    def preprocess(self, x: Tensor, noise: bool = True) -> Tensor:
+    def preprocess(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         self._check(x)
         if x.dtype == torch.uint8:
             k = x.float()
@@ -80,7 +80,7 @@ class NICE(nn.Module):
         u, _ = self.flow.inverse(h * torch.exp(-self.log_scale))
         return u
 
-    def forward(self, x: Tensor, noise: bool = True) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, noise: bool | Tensor = True) -> tuple[Tensor, Tensor]:
         """``(h [B, D], log|det ∂h/∂u| [B])`` of the data ``x``."""
         return self.encode(self.preprocess(x, noise))
 
@@ -95,12 +95,12 @@ class NICE(nn.Module):
             return -(F.softplus(h) + F.softplus(-h)).sum(1)
         return standard_normal_log_prob(h)
 
-    def log_prob(self, x: Tensor, noise: bool = True) -> Tensor:
+    def log_prob(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         """Discrete log-likelihood in nats, ``[B]``."""
         h, logdet = self(x, noise)
         return self.prior_log_prob(h) + logdet - self.dim * math.log(self.levels)
 
-    def bits_per_dim(self, x: Tensor, noise: bool = True) -> Tensor:
+    def bits_per_dim(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         return bits_per_dim(self.log_prob(x, noise), self.dim)
 
     @torch.no_grad()

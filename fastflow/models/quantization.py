@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["bits_per_dim", "dequantize", "standard_normal_log_prob", "to_levels"]
+__all__ = ["bits_per_dim", "dequantization_noise", "dequantize", "standard_normal_log_prob", "to_levels"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -31,10 +31,20 @@ def to_levels(x: Tensor, levels: int) -> Tensor:
     return torch.round(x * (levels - 1))
 
 
-def dequantize(k: Tensor, levels: int, noise: bool = True) -> Tensor:
-    """``u = (k + ε)/L`` in ``(0, 1)``, ``ε ~ U[0, 1)`` (or ``ε = 1/2`` with ``noise=False``)."""
-    eps = torch.rand_like(k) if noise else torch.full_like(k, 0.5)
-    return (k + eps) / levels
+def dequantization_noise(k: Tensor, noise: bool | Tensor = True) -> Tensor:
+    """``ε`` for :func:`dequantize`: ``U[0, 1)`` draws (``True``), ``1/2`` (``False``), or ``noise`` itself (a
+    tensor shaped like ``k`` with values in ``[0, 1)``: a trainer that draws the noise of a whole distributed batch
+    from one generator gives every example the same ``ε`` whatever the number of processes)."""
+    if isinstance(noise, Tensor):
+        if noise.shape != k.shape:
+            raise ValueError(f"noise must have the shape of x {tuple(k.shape)}, got {tuple(noise.shape)}")
+        return noise.to(device=k.device, dtype=k.dtype)
+    return torch.rand_like(k) if noise else torch.full_like(k, 0.5)
+
+
+def dequantize(k: Tensor, levels: int, noise: bool | Tensor = True) -> Tensor:
+    """``u = (k + ε)/L`` in ``(0, 1)``, ``ε`` from :func:`dequantization_noise`."""
+    return (k + dequantization_noise(k, noise)) / levels
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:

@@ -75,7 +75,7 @@ class RealNVP(nn.Module):
     def num_dims(self) -> int:
         return self.in_channels * self.image_size**2
 
-    def preprocess(self, x: Tensor, noise: bool = True) -> tuple[Tensor, Tensor]:
+    def preprocess(self, x: Tensor, noise: bool | Tensor = True) -> tuple[Tensor, Tensor]:
         """``(logit(α + (1 − 2α)·u), log|det|)`` of the dequantised images ``u``."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
@@ -103,7 +103,7 @@ class RealNVP(nn.Module):
         zs.append(h)
         return zs, logdet
 
-    def forward(self, x: Tensor, noise: bool = True) -> tuple[list[Tensor], Tensor]:
+    def forward(self, x: Tensor, noise: bool | Tensor = True) -> tuple[list[Tensor], Tensor]:
         """``(zs, log|det ∂z/∂u|)``: the latent factored out at every scale (finest first) and the top one."""
         y, logdet = self.preprocess(x, noise)
         zs, flow_logdet = self.encode(y)
@@ -126,12 +126,12 @@ class RealNVP(nn.Module):
         h = torch.nan_to_num(self.decode(zs), nan=0.0)
         return ((torch.sigmoid(h) - self.alpha) / (1 - 2 * self.alpha)).clamp(0, 1)
 
-    def log_prob(self, x: Tensor, noise: bool = True) -> Tensor:
+    def log_prob(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         zs, logdet = self(x, noise)
         prior = sum(standard_normal_log_prob(z) for z in zs)
         return prior + logdet - self.num_dims * math.log(self.num_levels)
 
-    def bits_per_dim(self, x: Tensor, noise: bool = True) -> Tensor:
+    def bits_per_dim(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         return bits_per_dim(self.log_prob(x, noise), self.num_dims)
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:

@@ -160,7 +160,9 @@ class _Coupling(nn.Module):
         if not isinstance(h, Tensor) or tuple(h.shape) != expected:
             got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
             raise ValueError(f"conditioner output must have shape {expected}, got {got}")
-        return h
+        # Under autocast the conditioner computes in bf16/fp16 while the flow's state x keeps its dtype: the
+        # invertible part stays exact to x's precision, the conditioner's FLOPs run in the low one.
+        return h if h.dtype == x.dtype else h.to(x.dtype)
 
 
 class AffineCoupling(_Coupling):

@@ -14,6 +14,8 @@ initialisation, the ``sigmoid(h + 2)`` scale) it stays far below the gradient's 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +36,9 @@ class _RebuildFromOutput(torch.autograd.Function):
         # Fresh outputs: a view of x (or an expanded log-determinant) must not leave this Function as a view.
         y = y.clone() if y is x or y._base is not None else y
         ctx.chain, ctx.cond, ctx.params = chain, cond, params
+        # The backward re-runs the layers: under the forward's autocast, or they would compute in another dtype.
+        ctx.autocast = [(device, torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
+                        if torch.is_autocast_enabled(device)]
         ctx.save_for_backward(y)
         return y, logdet.contiguous()
 
@@ -48,9 +53,13 @@ class _RebuildFromOutput(torch.autograd.Function):
         y = y.detach()
         grad_y = torch.zeros_like(y) if grad_y is None else grad_y
         for layer in reversed(chain):
-            with torch.no_grad():
+            with torch.no_grad(), contextlib.ExitStack() as autocast:
+                for device, dtype in ctx.autocast:
+                    autocast.enter_context(torch.autocast(device, dtype=dtype))
                 x, _ = layer.inverse(y, cond)
-            with torch.enable_grad():
+            with torch.enable_grad(), contextlib.ExitStack() as autocast:
+                for device, dtype in ctx.autocast:
+                    autocast.enter_context(torch.autocast(device, dtype=dtype))
                 x = x.detach().requires_grad_(True)
                 y_again, logdet = layer(x, cond)
                 layer_params = [p for p in layer.parameters() if id(p) in index]

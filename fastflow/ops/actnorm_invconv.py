@@ -177,9 +177,11 @@ def actnorm_invconv(
             x, log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=bool(inverse)
         )
     acc = reference.accumulation_dtype(x.dtype)
-    weight, shift = reference.folded_weight(
-        log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=bool(inverse), dtype=acc
-    )
+    # The C×C algebra stays in float32 under autocast: W is the flow's invertible map, not a bulk product.
+    with torch.autocast(x.device.type, enabled=False):
+        weight, shift = reference.folded_weight(
+            log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=bool(inverse), dtype=acc
+        )
     y = actnorm_invconv_fwd(x, weight.contiguous(), shift.contiguous())
     pixels = x.shape[2] * x.shape[3]
     return y, reference.logdet(log_scale, log_s, x.shape[0], pixels, acc, bool(inverse))

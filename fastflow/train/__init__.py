@@ -1,7 +1,21 @@
-"""Training: the loop, checkpoints written atomically, metrics and PNG sample grids."""
+"""Training: the loop (one process or many under ``torchrun``), checkpoints written atomically, Polyak averaging,
+metrics, PNG sample grids and loss curves."""
 
-from fastflow.train.checkpoint import load_checkpoint, save_checkpoint
+from fastflow.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_run_checkpoint
+from fastflow.train.distributed import Context
+from fastflow.train.ema import EMA
 from fastflow.train.images import save_grid
-from fastflow.train.loop import TrainConfig, train
+from fastflow.train.loop import TrainConfig, evaluate, train
 
-__all__ = ["TrainConfig", "load_checkpoint", "save_checkpoint", "save_grid", "train"]
+__all__ = [
+    "EMA",
+    "Context",
+    "TrainConfig",
+    "evaluate",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "save_grid",
+    "save_run_checkpoint",
+    "train",
+]

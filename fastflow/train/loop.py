@@ -1,135 +1,413 @@
-"""The training loop for image flows: Adam with linear warm-up, gradient clipping, a progress bar in
-bits/dim, periodic evaluation on the held-out split, ``metrics.jsonl``, PNG sample grids and checkpoints."""
+"""The trainer of likelihood models, from one CPU process to many GPUs under ``torchrun``.
+
+One step: the next global batch of ``B`` images in a seeded per-epoch order (each of the ``N`` processes takes its
+``B/N``), dequantisation noise drawn for the whole global batch from a generator seeded by the step (so that every
+example sees the same noise whatever ``N``), the per-example bits/dim under bf16 autocast or float32, backward
+through DistributedDataParallel (the mean over the global batch), gradient-norm clipping, Adam or Adamax with a
+linear warm-up, and a Polyak average of the weights. Every random choice of a step is a function of the seed and
+the step, so a run resumed from a checkpoint repeats the losses of an uninterrupted one exactly.
+
+Every ``eval_every`` steps: bits/dim of the held-out split (with the averaged weights, a fixed noise), a PNG grid of
+samples and the PNG loss curve; every ``checkpoint_every`` steps an atomic checkpoint (model, optimiser, schedule,
+average, data position, random states). Rank 0 logs and writes; ``metrics.jsonl`` holds one JSON object per logged
+step (``step``, ``loss`` in bits/dim, ``lr``, ``grad_norm``, ``images_per_s``, and at evaluations ``test_bpd``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from fastflow.data.registry import ImageData
-from fastflow.train.checkpoint import save_checkpoint
+from fastflow.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_run_checkpoint,
+)
+from fastflow.train.distributed import Context
+from fastflow.train.ema import EMA
+from fastflow.train.guard import NonFiniteGuard
 from fastflow.train.images import save_grid
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "evaluate", "train"]
+
+#: Fault injection for the tests of resumption: ``"RANK:STEP"`` makes that rank kill itself (SIGKILL) as it starts
+#: that step, as a crashed machine would.
+KILL_AT = "FASTFLOW_TEST_KILL_AT"
+
+PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("adam", "adamax")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1500
+    """What ``fastflow train`` sets; ``batch_size`` is the global batch (split over the processes)."""
+
+    steps: int | None = 1500
+    epochs: float | None = None  # instead of steps: passes over the training split
     batch_size: int = 64
     lr: float = 2e-3
+    optimizer: str = "adam"
     warmup: int = 100
     grad_clip: float = 100.0
+    ema: float | None = 0.999  # Polyak averaging decay for evaluation and samples; None: the last weights
     seed: int = 0
     eval_every: int = 250
+    checkpoint_every: int | None = None  # default: eval_every
+    keep: int = 3  # checkpoints kept
+    log_every: int = 10
     num_samples: int = 64
     temperature: float = 0.7  # Glow's sampling temperature
-    #: Wall-clock budget: stop (with a final evaluation, samples and checkpoint) once it is spent; None: no limit.
-    max_minutes: float | None = None
+    max_minutes: float | None = None  # stop (evaluation, samples, checkpoint) once this wall-clock budget is spent
+    precision: str = "fp32"
+    device: str = "auto"
+    eval_batch_size: int = 500
     out: str = "runs/digits"
-    device: str = "cpu"
+    resume: bool = False
+    model_spec: dict[str, Any] = field(default_factory=dict)  # name and options, for rebuilding from checkpoints
+    data_spec: str = "digits"
 
 
 def _check_config(config: TrainConfig) -> None:
-    for name in ("steps", "batch_size", "eval_every", "num_samples"):
+    positive = ["batch_size", "eval_every", "keep", "log_every", "num_samples", "eval_batch_size"]
+    if config.epochs is None:
+        positive.append("steps")
+    for name in positive:
         value = getattr(config, name)
-        if not isinstance(value, int) or value <= 0:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if config.epochs is not None and not config.epochs > 0:
+        raise ValueError(f"epochs must be positive, got {config.epochs}")
+    if config.checkpoint_every is not None and config.checkpoint_every <= 0:
+        raise ValueError(f"checkpoint_every must be a positive int, got {config.checkpoint_every}")
     if not config.lr > 0:
         raise ValueError(f"lr must be positive, got {config.lr}")
+    if config.warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {config.warmup}")
     if config.max_minutes is not None and not config.max_minutes > 0:
         raise ValueError(f"max_minutes must be positive or None, got {config.max_minutes}")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
+    if config.ema is not None and not 0 < config.ema < 1:
+        raise ValueError(f"ema must be in (0, 1) or None, got {config.ema}")
+
+
+class _Objective(nn.Module):
+    """Per-example bits/dim of ``model`` as ``forward``, so that DistributedDataParallel sees the training call."""
+
+    def __init__(self, model: nn.Module, vector: bool):
+        super().__init__()
+        self.model = model
+        self.vector = vector
+
+    def forward(self, x: Tensor, noise: Tensor) -> Tensor:
+        if self.vector:
+            x, noise = x.flatten(1), noise.flatten(1)
+        return self.model.bits_per_dim(x, noise=noise)
+
+
+def _generator(seed: int, *stream: int) -> torch.Generator:
+    """A CPU generator whose state depends only on the seed and the stream's numbers (epoch, step, ...)."""
+    value = seed
+    for number in stream:
+        value = (value * 1_000_003 + number + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, batch_size: int = 500, seed: int = 1234) -> float:
-    """Mean test bits/dim, with a fixed dequantisation noise so that evaluations compare."""
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    vector: bool = False,
+    batch_size: int = 500,
+    seed: int = 1234,
+    context: Context | None = None,
+    precision: str = "fp32",
+) -> float:
+    """Mean bits/dim of ``images`` with a fixed dequantisation noise (evaluations compare across runs and steps).
+
+    Under several processes each evaluates its share and the sums are all-reduced.
+    """
+    context = context or Context()
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    total = sum(model.bits_per_dim(batch).sum().item() for batch in images.split(batch_size))
-    torch.random.set_rng_state(state)
+    objective = _Objective(model, vector)
+    noise = torch.rand(images.shape, generator=_generator(seed))
+    share = torch.arange(len(images)).chunk(context.world_size)
+    mine = share[context.rank] if context.rank < len(share) else torch.arange(0)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for index in mine.split(batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            bpd = objective(images[index].to(device), noise[index].to(device))
+        total += torch.stack([bpd.double().sum(), torch.tensor(float(len(index)), device=device)])
     model.train(was_training)
-    return total / len(images)
+    total = context.all_sum(total)
+    return (total[0] / total[1].clamp_min(1)).item()
 
 
-def train(model: nn.Module, data: ImageData, config: TrainConfig, *, progress: bool = True) -> dict[str, float]:
-    """Maximise the likelihood of ``data.train`` under ``model`` (which has ``bits_per_dim`` and ``sample``).
+class _Trainer:
+    def __init__(self, model: nn.Module, data: ImageData, config: TrainConfig, context: Context, progress: bool):
+        _check_config(config)
+        self.model, self.data, self.config, self.context, self.progress = model, data, config, context, progress
+        world = context.world_size
+        if config.batch_size % world:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes {world}")
+        if len(data.train) < config.batch_size:
+            raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.train)} training images")
+        self.vector = bool(config.model_spec.get("vector", False))
+        self.device = context.device
+        self.local_batch = config.batch_size // world
+        self.steps_per_epoch = len(data.train) // config.batch_size
+        self.total_steps = (
+            config.steps if config.epochs is None else max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        )
+        self.checkpoint_every = config.checkpoint_every or config.eval_every
+        model.to(self.device).train()
+        self.objective = _Objective(model, self.vector)
+        if context.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.objective = DistributedDataParallel(self.objective, device_ids=ids)
+        optimizer_class = torch.optim.Adamax if config.optimizer == "adamax" else torch.optim.Adam
+        self.optimizer = optimizer_class(model.parameters(), lr=config.lr)
+        warmup = max(1, config.warmup)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / warmup))
+        self.ema = EMA(model, config.ema) if config.ema is not None else None
+        self.step = self.epoch = self.cursor = 0
+        self.order = self._epoch_order(0)
+        self.metrics_path = os.path.join(config.out, "metrics.jsonl")
 
-    Writes ``config.out``/``metrics.jsonl`` (one JSON object per logged step: ``step``, ``loss``, …),
-    ``samples_<step>.png`` at each evaluation and ``samples.png`` at the end, and ``checkpoint.pt`` (atomic).
-    Returns the final metrics.
-    """
-    _check_config(config)
-    os.makedirs(config.out, exist_ok=True)
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    model.to(device).train()
-    train_images, test_images = data.train.to(device), data.test.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / config.warmup))
-    batches = torch.Generator().manual_seed(config.seed)
-    order, cursor = torch.randperm(len(train_images), generator=batches), 0
-    metrics_path = os.path.join(config.out, "metrics.jsonl")
-    metrics: dict[str, float] = {}
-    started = time.perf_counter()
-    with open(metrics_path, "w") as log:
-        log.write(json.dumps({"config": asdict(config)}) + "\n")
-        bar = tqdm(range(1, config.steps + 1), disable=not progress, desc="train", unit="step")
-        for step in bar:
-            if cursor + config.batch_size > len(order):
-                order, cursor = torch.randperm(len(train_images), generator=batches), 0
-            batch = train_images[order[cursor : cursor + config.batch_size]]
-            cursor += config.batch_size
-            loss = model.bits_per_dim(batch).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step}: the loss is not finite ({loss.item()}); lower --lr")
-            optimizer.zero_grad(set_to_none=True)
+    # ----------------------------------------------------------------------------------------------
+    # Data, noise and state.
+
+    def _epoch_order(self, epoch: int) -> Tensor:
+        return torch.randperm(len(self.data.train), generator=_generator(self.config.seed, 0, epoch))
+
+    def _next_batch(self) -> tuple[Tensor, Tensor]:
+        """This process's share of the next global batch, and its dequantisation noise."""
+        batch = self.config.batch_size
+        if self.cursor + batch > len(self.order):  # the remainder of an epoch is dropped
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self.order = self._epoch_order(self.epoch)
+        indices = self.order[self.cursor : self.cursor + batch]
+        self.cursor += batch
+        images = self.data.train[indices]
+        noise = torch.rand(images.shape, generator=_generator(self.config.seed, 1, self.step))
+        mine = slice(self.context.rank * self.local_batch, (self.context.rank + 1) * self.local_batch)
+        return images[mine].to(self.device), noise[mine].to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "config": asdict(self.config),
+            "model_spec": self.config.model_spec,
+            "data_spec": self.config.data_spec,
+            "data_shape": list(self.data.shape),
+            "levels": self.data.levels,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
+        self.order = self._epoch_order(self.epoch)
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _resume(self) -> None:
+        folder = self.config.out
+        if self.context.is_main:
+            remove_stale_temporaries(folder)
+        self.context.barrier()
+        path = latest_checkpoint(folder)
+        if path is None:
+            return
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        if self.context.is_main:
+            self._truncate_metrics(self.step)
+            tqdm.write(f"resuming from {path} at step {self.step}")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop the lines a killed run logged after its last checkpoint, so that the file reads as one run."""
+        if not os.path.isfile(self.metrics_path):
+            return
+        with open(self.metrics_path) as file:
+            lines = [line for line in file if "step" not in json.loads(line) or json.loads(line)["step"] <= step]
+        with open(self.metrics_path, "w") as file:
+            file.writelines(lines)
+
+    # ----------------------------------------------------------------------------------------------
+    # The loop.
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def _evaluate_and_sample(self) -> float:
+        config = self.config
+        swap = self.ema.swapped(self.model) if self.ema else contextlib.nullcontext(self.model)
+        with swap:
+            test_bpd = evaluate(self.model, self.data.test, vector=self.vector, batch_size=config.eval_batch_size,
+                                context=self.context, precision=config.precision)
+            if self.context.is_main:
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    torch.manual_seed(config.seed + self.step)
+                    samples = self.model.sample(config.num_samples, temperature=config.temperature)
+                if self.vector:
+                    samples = samples.view(-1, *self.data.shape)
+                save_grid(samples, os.path.join(config.out, f"samples_{self.step}.png"), scale=4)
+        return test_bpd
+
+    def _plot(self) -> None:
+        from fastflow.train.plot import save_curves
+
+        train, test = [], []
+        with open(self.metrics_path) as file:
+            for line in file:
+                record = json.loads(line)
+                if "loss" in record:
+                    train.append((record["step"], record["loss"]))
+                if "test_bpd" in record:
+                    test.append((record["step"], record["test_bpd"]))
+        save_curves(os.path.join(self.config.out, "loss.png"), {"train": train, "test": test},
+                    title=f"{self.config.model_spec.get('name', 'model')} on {self.config.data_spec}")
+
+    def _diagnose(self, images: Tensor, noise: Tensor, first: int) -> None:
+        """A non-finite loss appeared since step ``first``: name the first layer that produced it, then stop."""
+        guard = NonFiniteGuard(self.model)
+        try:
+            guard.start()
+            with torch.no_grad():
+                loss = _Objective(self.model, self.vector)(images, noise).mean()
+            guard.check(self.step, loss)
+        finally:
+            guard.close()
+        raise FloatingPointError(
+            f"steps {first}-{self.step}: the loss was not finite (the current batch is finite again); lower --lr"
+        )
+
+    def run(self) -> dict[str, Any]:
+        config, context = self.config, self.context
+        if context.is_main:
+            os.makedirs(config.out, exist_ok=True)
+        context.barrier()
+        if config.resume:
+            self._resume()
+        if context.is_main and self.step == 0:
+            with open(self.metrics_path, "w") as file:
+                file.write(json.dumps({"config": asdict(config), "world_size": context.world_size}) + "\n")
+        kill_rank, _, kill_step = os.environ.get(KILL_AT, "").partition(":")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        metrics: dict[str, Any] = {"step": self.step}
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        first_logged, window_start = self.step + 1, time.perf_counter()
+        started = time.perf_counter()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and context.is_main),
+                   desc="train", unit="step")
+        while self.step < self.total_steps:
+            self.step += 1
+            step = self.step
+            if kill_step and int(kill_rank) == context.rank and int(kill_step) == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            images, noise = self._next_batch()
+            with autocast:
+                per_example = self.objective(images, noise)
+            loss = per_example.float().mean()
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            schedule.step()
-            out_of_time = (config.max_minutes is not None
-                           and time.perf_counter() - started > 60 * config.max_minutes)
-            last = step == config.steps or out_of_time
-            if step % 25 == 0 or last:
-                bar.set_postfix(bpd=f"{loss.item():.3f}")
-            if step % config.eval_every == 0 or last:
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self.schedule.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            bad |= ~torch.isfinite(loss)
+            bar.update(1)
+            logging = step % config.log_every == 0 or step == self.total_steps
+            evaluating = step % config.eval_every == 0 or step == self.total_steps
+            out_of_time = False
+            if config.max_minutes is not None and logging:
+                # Every process must stop at the same step: rank 0's clock decides.
+                late = torch.tensor(float(time.perf_counter() - started > 60 * config.max_minutes))
+                out_of_time = bool(context.all_sum(late * (context.rank == 0)).item())
+                evaluating = evaluating or out_of_time
+            if logging or evaluating:
+                if bool(context.all_sum(bad.float()).item()):
+                    self._diagnose(images, noise, first_logged)
+                sums = context.all_sum(torch.stack([per_example.detach().double().sum()]).to(self.device))
+                elapsed = time.perf_counter() - window_start
                 metrics = {
                     "step": step,
-                    "loss": loss.item(),
-                    "train_bpd": loss.item(),
-                    "test_bpd": evaluate(model, test_images),
+                    "epoch": self.epoch,
+                    "loss": sums[0].item() / config.batch_size,
+                    "lr": self.schedule.get_last_lr()[0],
                     "grad_norm": float(grad_norm),
-                    "lr": schedule.get_last_lr()[0],
+                    "images_per_s": (step - first_logged + 1) * config.batch_size / max(elapsed, 1e-9),
                     "seconds": time.perf_counter() - started,
                 }
-                log.write(json.dumps(metrics) + "\n")
-                log.flush()
-                samples = model.sample(config.num_samples, temperature=config.temperature)
-                save_grid(samples, os.path.join(config.out, f"samples_{step}.png"), scale=4)
-                save_checkpoint(
-                    {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "config": asdict(config)},
-                    os.path.join(config.out, "checkpoint.pt"),
-                )
-                tqdm.write(
-                    f"step {step:5d}  train {metrics['train_bpd']:.3f} bits/dim  "
-                    f"test {metrics['test_bpd']:.3f} bits/dim"
-                )
+                first_logged, window_start = step + 1, time.perf_counter()
+                bar.set_postfix(bpd=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
+            if evaluating:
+                metrics["test_bpd"] = self._evaluate_and_sample()
+                if context.is_main:
+                    tqdm.write(f"step {step:6d}  train {metrics['loss']:.3f} bits/dim  "
+                               f"test {metrics['test_bpd']:.3f} bits/dim  ({metrics['images_per_s']:.0f} images/s)")
+            if (logging or evaluating) and context.is_main:
+                self._log(metrics)
+            if evaluating and context.is_main:
+                self._plot()
+            if step % self.checkpoint_every == 0 or step == self.total_steps or out_of_time:
+                if context.is_main:
+                    save_run_checkpoint(self.state_dict(), config.out, keep=config.keep)
+                context.barrier()
             if out_of_time:
-                tqdm.write(f"stopping at step {step}: the {config.max_minutes:g}-minute budget is spent")
+                if context.is_main:
+                    tqdm.write(f"stopping at step {step}: the {config.max_minutes:g}-minute budget is spent")
                 break
-    samples = model.sample(config.num_samples, temperature=config.temperature)
-    save_grid(samples, os.path.join(config.out, "samples.png"), scale=4)
-    if not math.isfinite(metrics.get("test_bpd", float("nan"))):
-        raise FloatingPointError("training ended with a non-finite test bits/dim")
-    return metrics
+        bar.close()
+        if context.is_main:
+            swap = self.ema.swapped(self.model) if self.ema else contextlib.nullcontext(self.model)
+            with swap, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(config.seed)
+                samples = self.model.sample(config.num_samples, temperature=config.temperature)
+            save_grid(samples.view(-1, *self.data.shape), os.path.join(config.out, "samples.png"), scale=4)
+        if "test_bpd" in metrics and not math.isfinite(metrics["test_bpd"]):
+            raise FloatingPointError("training ended with a non-finite test bits/dim")
+        return metrics
+
+
+def train(model: nn.Module, data: ImageData, config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Maximise the likelihood of ``data.train`` under ``model`` (see the module docstring); returns the last
+    logged metrics. Under ``torchrun`` every process calls this with the same arguments."""
+    context = Context.from_environment(config.device)
+    try:
+        torch.manual_seed(config.seed)
+        return _Trainer(model, data, config, context, progress).run()
+    finally:
+        context.close()

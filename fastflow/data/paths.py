@@ -1,0 +1,43 @@
+"""Where a data spec's path points: as given (relative to the current directory), else under ``$FASTFLOW_DATA``.
+
+Shared by every loader that takes a path (``idx:DIR``, ``npz:PATH``, ``folder:DIR``, ``text:PATH``), so that one
+``FASTFLOW_DATA`` folder serves them all and a missing path is reported the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["DATA_ENV", "resolve_data_path"]
+
+DATA_ENV = "FASTFLOW_DATA"
+
+
+def _describe(path: Path) -> str:
+    if path.is_dir():
+        return f"{path} (a folder)"
+    if path.exists():
+        return f"{path} (a file)"
+    return str(path)
+
+
+def resolve_data_path(argument: str, *, folder: bool, what: str, hint: str = "") -> Path:
+    """The folder (``folder=True``) or file ``argument``: as given, else ``$FASTFLOW_DATA/argument`` if relative.
+
+    ``what`` names the thing in the error (``"npz file"``), ``hint`` says what it should be or hold. Raises
+    ``FileNotFoundError`` listing every place tried, and what lies there when it is of the wrong kind.
+    """
+    path = Path(argument).expanduser()
+    candidates = [path]
+    root = os.environ.get(DATA_ENV)
+    if root and not path.is_absolute():
+        candidates.append(Path(root).expanduser() / path)
+    for candidate in candidates:
+        if candidate.is_dir() if folder else candidate.is_file():
+            return candidate
+    tried = ", ".join(_describe(candidate) for candidate in candidates)
+    expected = "a folder" if folder else "a file"
+    raise FileNotFoundError(
+        f"{what} {argument!r} not found (tried {tried}; expected {expected})" + (f"; {hint}" if hint else "")
+    )

@@ -1,0 +1,101 @@
+"""Models by name, for the ``fastflow`` command and checkpoints: ``build_model("glow", (1, 8, 8), 17, depth=8)``.
+
+A model joins by registration: ``@register_model("name")`` on ``build(shape, levels, **options) -> nn.Module``,
+where ``shape`` is the data's ``(C, H, W)`` and ``levels`` its number of grey levels. The options a builder takes
+are its keyword arguments; a checkpoint stores the name and the options, so that ``fastflow sample`` and
+``fastflow eval`` rebuild the same model. ``vector=True`` marks models of flat vectors ``[B, C·H·W]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from fastflow.models.coupling_flow import CouplingFlow
+from fastflow.models.glow import Glow
+from fastflow.models.nice import NICE
+from fastflow.models.realnvp import RealNVP
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "register_model"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[..., nn.Module]
+    vector: bool
+    description: str
+
+    @property
+    def options(self) -> dict[str, object]:
+        """The builder's options and their defaults."""
+        parameters = list(inspect.signature(self.build).parameters.values())[2:]
+        return {p.name: p.default for p in parameters}
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, vector: bool = False):
+    def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS[name] = ModelSpec(name, build, vector, (build.__doc__ or "").strip().splitlines()[0])
+        return build
+
+    return decorator
+
+
+def build_model(name: str, shape: tuple[int, int, int], levels: int, **options) -> nn.Module:
+    """The model ``name`` for data of ``shape`` ``(C, H, W)`` with ``levels`` grey levels."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(sorted(MODELS))}, got {name!r}")
+    spec = MODELS[name]
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(
+            f"model {name!r} takes no option {', '.join(unknown)}; its options: {', '.join(spec.options)}"
+        )
+    return spec.build(tuple(shape), levels, **options)
+
+
+def _square(shape: tuple[int, int, int], name: str) -> tuple[int, int]:
+    channels, height, width = shape
+    if height != width:
+        raise ValueError(f"{name} needs square images, got {height}×{width}")
+    return channels, height
+
+
+@register_model("glow")
+def _glow(shape, levels, *, scales: int = 2, depth: int = 8, hidden: int = 64, coupling: str = "affine",
+          lu: bool = True, learn_top: bool = True, n_bits: int = 8, memory_efficient: bool = False) -> Glow:
+    """Glow: ActNorm → LU 1×1 convolution → coupling, multi-scale with learned priors."""
+    channels, size = _square(shape, "glow")
+    return Glow(channels, size, levels=scales, depth=depth, hidden_channels=hidden, coupling=coupling, lu=lu,
+                learn_top=learn_top, n_bits=n_bits, num_levels=None if levels == 256 else levels,
+                memory_efficient=memory_efficient)
+
+
+@register_model("realnvp")
+def _realnvp(shape, levels, *, scales: int = 2, hidden: int = 64, blocks: int = 2,
+             memory_efficient: bool = False) -> RealNVP:
+    """RealNVP: checkerboard and channel affine couplings, multi-scale, residual conditioners."""
+    channels, size = _square(shape, "realnvp")
+    return RealNVP(channels, size, levels=scales, hidden_channels=hidden, num_blocks=blocks, num_levels=levels,
+                   memory_efficient=memory_efficient)
+
+
+@register_model("nice", vector=True)
+def _nice(shape, levels, *, couplings: int = 4, hidden: int = 1000, layers: int = 5, prior: str = "logistic") -> NICE:
+    """NICE: additive couplings on flattened images, diagonal scaling, logistic prior."""
+    channels, height, width = shape
+    return NICE(channels * height * width, num_couplings=couplings, hidden_size=hidden, num_hidden_layers=layers,
+                prior=prior, levels=levels)
+
+
+@register_model("flow")
+def _flow(shape, levels, *, couplings: int = 8, hidden: int = 64) -> CouplingFlow:
+    """A small multi-scale flow of affine couplings (no ActNorm, no 1×1 convolution)."""
+    channels, size = _square(shape, "flow")
+    return CouplingFlow(channels, size, num_couplings=couplings, hidden_channels=hidden, levels=levels)
