@@ -175,6 +175,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    # The suite lives in bench/ of a source checkout, not in the installed package: look for it from here.
+    if os.path.isdir(os.path.join(os.getcwd(), "bench")) and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         from bench.run import main as bench_main
     except ImportError as error:

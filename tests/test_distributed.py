@@ -22,11 +22,11 @@ from fastflow.train.loop import KILL_AT
 MODEL = ["glow", "--depth", "2", "--hidden", "16", "--num-samples", "4", "--log-every", "1", "--no-progress"]
 
 
-def _run(out: Path, *args: str, processes: int = 1, env: dict | None = None, check: bool = True):
+def _run(out: Path, *args: str, processes: int = 1, env: dict | None = None, check: bool = True, restarts: int = 0):
     command = [sys.executable, "-m", "fastflow", "train", *MODEL, "--out", str(out), *args]
     if processes > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   "-m", "fastflow", "train", *MODEL, "--out", str(out), *args]
+                   f"--max-restarts={restarts}", "-m", "fastflow", "train", *MODEL, "--out", str(out), *args]
     environment = {key: value for key, value in os.environ.items() if key not in (KILL_AT, KILL_DURING_WRITE)}
     environment.update(OMP_NUM_THREADS="1", **(env or {}))
     done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600, check=False)
@@ -69,6 +69,20 @@ def test_killed_rank_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     whole, resumed = _final_model(tmp_path / "whole"), _final_model(tmp_path / "crash")
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0, msg=name)
+
+
+def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
+    """torchrun --max-restarts restarts both processes after one is killed; --resume continues from step 8."""
+    args = ["--steps", "16", "--batch-size", "16", "--eval-every", "8"]
+    _run(tmp_path / "whole", *args, processes=2)
+    # torchrun shares its rendezvous store with the processes unless told not to, and a restarted round can then
+    # read the previous round's addresses (pytorch/pytorch#135712).
+    env = {KILL_AT: "1:11", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    _run(tmp_path / "elastic", *args, "--resume", processes=2, env=env, restarts=1)
+    assert _losses(tmp_path / "elastic") == _losses(tmp_path / "whole")
+    whole, elastic = _final_model(tmp_path / "whole"), _final_model(tmp_path / "elastic")
+    for name in whole:
+        torch.testing.assert_close(elastic[name], whole[name], rtol=0, atol=0, msg=name)
 
 
 def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):

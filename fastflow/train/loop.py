@@ -44,7 +44,7 @@ from fastflow.train.images import save_grid
 __all__ = ["TrainConfig", "evaluate", "train"]
 
 #: Fault injection for the tests of resumption: ``"RANK:STEP"`` makes that rank kill itself (SIGKILL) as it starts
-#: that step, as a crashed machine would.
+#: that step, as a crashed machine would; only in a first attempt, not in processes torchrun restarted.
 KILL_AT = "FASTFLOW_TEST_KILL_AT"
 
 PRECISIONS = ("fp32", "bf16")
@@ -324,6 +324,8 @@ class _Trainer:
             with open(self.metrics_path, "w") as file:
                 file.write(json.dumps({"config": asdict(config), "world_size": context.world_size}) + "\n")
         kill_rank, _, kill_step = os.environ.get(KILL_AT, "").partition(":")
+        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+            kill_step = ""
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         metrics: dict[str, Any] = {"step": self.step}
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
