@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as error:
         print(f"fastflow: error: {error}", file=sys.stderr)
         return 2
 

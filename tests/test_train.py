@@ -89,3 +89,11 @@ def test_digits_data():
     assert data.train.dtype == torch.uint8 and int(data.train.max()) == 16 and data.levels == 17
     with pytest.raises(ValueError, match="takes no argument"):
         fastflow.data.load("digits:extra")
+
+
+def test_diverging_run_stops_and_names_the_layer(tmp_path, capsys):
+    code = main(["train", "flow", "--hidden", "8", "--couplings", "2", "--lr", "1e30", "--warmup", "0",
+                 "--steps", "20", "--log-every", "5", "--eval-every", "20", "--out", str(tmp_path / "run"),
+                 "--no-progress"])
+    assert code == 2
+    assert "non-finite value first in flow.0.conditioner" in capsys.readouterr().err
