@@ -62,8 +62,11 @@ class Context:
         return cls(rank, world_size, local_rank, where, owns_group)
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """``values`` summed over every process (a copy; itself in one process)."""
-        values = values.clone()
+        """``values`` summed over every process, on this process's device (a copy; itself in one process).
+
+        NCCL reduces GPU tensors only, so CPU values are moved to the device first.
+        """
+        values = values.to(self.device, copy=True)
         if self.distributed:
             dist.all_reduce(values)
         return values

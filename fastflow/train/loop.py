@@ -249,7 +249,8 @@ class _Trainer:
         path = latest_checkpoint(folder)
         if path is None:
             return
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        # On the CPU: the random states must stay CPU tensors; load_state_dict moves the rest to the device.
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
         if self.context.is_main:
             self._truncate_metrics(self.step)
             tqdm.write(f"resuming from {path} at step {self.step}")
