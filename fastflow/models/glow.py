@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from fastflow.models.quantization import bits_per_dim, dequantization_noise, standard_normal_log_prob
 from fastflow.nn import FlowStep, InvertibleSequential, Split, Squeeze
+from fastflow.reference.numerics import accumulation_dtype
 
 __all__ = ["Glow"]
 
@@ -166,7 +167,7 @@ class Glow(nn.Module):
         """Flow's forward on pre-processed ``u``: the standardised ``ε`` of every level and ``log|det J|``."""
         self._check_labels(y, u.shape[0])
         zs: list[Tensor] = []
-        logdet = u.new_zeros(u.shape[0], dtype=torch.float64 if u.dtype == torch.float64 else torch.float32)
+        logdet = u.new_zeros(u.shape[0], dtype=accumulation_dtype(u.dtype))
         h = u
         for index, level in enumerate(self.levels):
             h, level_logdet = level(h)
@@ -185,8 +186,7 @@ class Glow(nn.Module):
     def _standardize_top(self, z: Tensor, mean: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor]:
         """``ε = (z − μ)/σ`` and its ``log|det| = −Σ log σ``."""
         eps = (z - mean) * torch.exp(-log_sigma)
-        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
-        return eps, -log_sigma.to(dtype).flatten(1).sum(1)
+        return eps, -log_sigma.to(accumulation_dtype(z.dtype)).flatten(1).sum(1)
 
     def forward(self, x: Tensor, y: Tensor | None = None, noise: bool | Tensor = True) -> tuple[list[Tensor], Tensor]:
         """``(zs, logdet)``: the standardised latent of every level (finest first) and ``log|det ∂z/∂u|`` ``[B]``."""

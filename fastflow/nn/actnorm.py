@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from fastflow.reference.numerics import accumulation_dtype
+
 __all__ = ["ActNorm"]
 
 _EPS = 1e-6
@@ -85,7 +87,7 @@ class ActNorm(nn.Module):
         return math.prod(x.shape[2:])
 
     def _logdet(self, x: Tensor, sign: float) -> Tensor:
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dtype = accumulation_dtype(x.dtype)
         return (sign * self._spatial(x) * self.log_scale.to(dtype).sum()).expand(x.shape[0])
 
     def _view(self, t: Tensor, x: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from fastflow import ops
 from fastflow.reference.actnorm_invconv import lu_weight
+from fastflow.reference.numerics import accumulation_dtype
 
 __all__ = ["InvConv1x1"]
 
@@ -71,7 +72,7 @@ class InvConv1x1(nn.Module):
     def _plain(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         weight = torch.linalg.inv(self.weight) if inverse else self.weight
         y = F.conv2d(x, weight.to(x.dtype)[:, :, None, None])
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dtype = accumulation_dtype(x.dtype)
         logdet = x.shape[2] * x.shape[3] * torch.linalg.slogdet(self.weight.to(dtype))[1]
         return y, (-logdet if inverse else logdet).expand(x.shape[0])
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fastflow.nn.container import FlowSequential
+from fastflow.reference.numerics import accumulation_dtype
 
 __all__ = ["InvertibleSequential"]
 
@@ -31,8 +32,7 @@ class _RebuildFromOutput(torch.autograd.Function):
     def forward(ctx, chain: InvertibleSequential, cond: Tensor | None, x: Tensor, *params: Tensor):
         y, logdet = FlowSequential.forward(chain, x, cond)
         if not isinstance(logdet, Tensor):  # a chain of no layers
-            logdet = torch.zeros(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
-                                 device=x.device)
+            logdet = torch.zeros(x.shape[0], dtype=accumulation_dtype(x.dtype), device=x.device)
         # Fresh outputs: a view of x (or an expanded log-determinant) must not leave this Function as a view.
         y = y.clone() if y is x or y._base is not None else y
         ctx.chain, ctx.cond, ctx.params = chain, cond, params

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fastflow.reference.numerics import accumulation_dtype
+
 __all__ = ["Squeeze"]
 
 
@@ -32,8 +34,7 @@ class Squeeze(nn.Module):
 
 
 def _zero_logdet(x: Tensor) -> Tensor:
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.zeros(x.shape[0], dtype=dtype, device=x.device)
+    return torch.zeros(x.shape[0], dtype=accumulation_dtype(x.dtype), device=x.device)
 
 
 def _shape(x: object) -> str:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from fastflow import _backends
 from fastflow.reference import actnorm_invconv as reference
+from fastflow.reference.numerics import accumulation_dtype
 
 _LOW = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORT = _backends.register_op(
@@ -176,7 +177,7 @@ def actnorm_invconv(
         return reference.actnorm_invconv(
             x, log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=bool(inverse)
         )
-    acc = reference.accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     # The C×C algebra stays in float32 under autocast: W is the flow's invertible map, not a bulk product.
     with torch.autocast(x.device.type, enabled=False):
         weight, shift = reference.folded_weight(

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from fastflow import _backends
 from fastflow.reference import coupling as reference
+from fastflow.reference.numerics import accumulation_dtype
 
 MASK_CHANNEL, MASK_CHECKERBOARD = 0, 1
 SCALE_SIGMOID, SCALE_EXP, SCALE_ADDITIVE = 0, 1, 2
@@ -43,10 +44,6 @@ SUPPORT = _backends.register_op(
     triton=_LOW,
     cuda=_LOW,
 )
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,7 +98,7 @@ def coupling_fwd(
 @coupling_fwd.register_fake
 def _(x, raw_scale, shift, mask, scale, flip, inverse, clamp):
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    return y, x.new_empty((x.shape[0],), dtype=_accumulation_dtype(x.dtype))
+    return y, x.new_empty((x.shape[0],), dtype=accumulation_dtype(x.dtype))
 
 
 @torch.library.custom_op("fastflow::coupling_bwd", mutates_args=())
@@ -160,7 +157,7 @@ def _backward(ctx, grad_y, grad_logdet):
         grad_shift = _transformed_part(grad_y, mask, flip)
         return grad_y, None, (-grad_shift if inverse else grad_shift), None, None, None, None, None
     if grad_logdet is None:
-        grad_logdet = torch.zeros(z.shape[0], dtype=_accumulation_dtype(z.dtype), device=z.device)
+        grad_logdet = torch.zeros(z.shape[0], dtype=accumulation_dtype(z.dtype), device=z.device)
     grad_x, grad_raw, grad_shift = coupling_bwd(
         grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp
     )

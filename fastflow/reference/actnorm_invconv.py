@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastflow.reference.numerics import accumulation_dtype
+
 __all__ = [
     "actnorm_invconv",
     "channel_mix",
@@ -33,10 +35,6 @@ __all__ = [
     "lu_inverse_weight",
     "lu_weight",
 ]
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _unit_lower(lower: Tensor) -> Tensor:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastflow.reference.numerics import accumulation_dtype
+
 #: Soft clamp ``c`` of RealNVP's log-scale, ``log s = c · tanh(h / c)``.
 CLAMP = 2.0
 
@@ -48,10 +50,6 @@ def log_scale_derivative(raw_scale: torch.Tensor, scale: str = "sigmoid", clamp:
     if scale == "exp":
         return 1.0 - torch.tanh(raw_scale / clamp) ** 2
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def checkerboard_mask(x: torch.Tensor, flip: bool) -> torch.Tensor:
@@ -83,15 +81,15 @@ def _coupling(x, log_s, shift, mask, flip, inverse):
         y_b = _transform(x_b, log_s, shift, inverse)
         y = torch.cat([y_b, x_a] if flip else [x_a, y_b], dim=1)
         if log_s is None:
-            return y, x.new_zeros(batch, dtype=_accumulation_dtype(x.dtype))
-        logdet = log_s.to(_accumulation_dtype(x.dtype)).flatten(1).sum(1)
+            return y, x.new_zeros(batch, dtype=accumulation_dtype(x.dtype))
+        logdet = log_s.to(accumulation_dtype(x.dtype)).flatten(1).sum(1)
         return y, sign * logdet
     if mask == "checkerboard":
         b = checkerboard_mask(x, flip)
         y = torch.where(b, _transform(x, log_s, shift, inverse), x)
         if log_s is None:
-            return y, x.new_zeros(batch, dtype=_accumulation_dtype(x.dtype))
-        masked = torch.where(b, log_s.to(_accumulation_dtype(x.dtype)), 0.0)
+            return y, x.new_zeros(batch, dtype=accumulation_dtype(x.dtype))
+        masked = torch.where(b, log_s.to(accumulation_dtype(x.dtype)), 0.0)
         return y, sign * masked.flatten(1).sum(1)
     raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
 
