@@ -11,11 +11,9 @@
 #include <optional>
 #include <tuple>
 
-namespace fastflow {
+#include "codes.h"  // Mask and Scale, generated from fastflow/_codes.py
 
-// Codes shared with fastflow/ops/coupling.py (MASK_* and SCALE_*).
-enum Mask : int64_t { kMaskChannel = 0, kMaskCheckerboard = 1 };
-enum Scale : int64_t { kScaleSigmoid = 0, kScaleExp = 1, kScaleAdditive = 2 };
+namespace fastflow {
 
 // Argument checks common to both devices (dims, dtypes, shapes, devices against x / z), with messages that
 // name the argument; each kernel calls them before touching data.

@@ -9,60 +9,64 @@ dispatcher walks a priority list):
 - ``cuda``: the compiled extension ``fastflow._C`` on CUDA tensors.
 - ``cpu``: the compiled extension ``fastflow._C`` on CPU tensors.
 
-The automatic choice takes, per call, the first backend of the device's priority list that can run the
-call, else ``reference``. ``set_backend(name)`` (also a context manager) or the environment variable
-``FASTFLOW_BACKEND`` forces one; a forced backend that cannot run a call raises :class:`BackendError`
-listing every backend with its reason. Nothing here imports Triton, loads the extension or touches a
-device at import time: all of it happens on first use.
+Each fused op declares itself once (``fastflow.ops.declaration.Op``): per backend its dtypes, its stage
+implementations and a per-call ``supports(...)``. This module holds what is common to every op: the backends'
+own availability (is Triton installed, does the extension load, is the device right), the forced backend, and
+the registry of declared ops that ``why_not``, ``backend_info`` and the benchmarks read.
+
+The automatic choice takes, per call, the first backend of the device's priority list that can run the call,
+else ``reference``. ``set_backend(name)`` (also a context manager) or the environment variable
+``FASTFLOW_BACKEND`` forces one; a forced backend that cannot run a call raises :class:`BackendError` listing
+every backend with its reason. The forced backend is a context variable: each thread (and each asyncio task)
+has its own. Nothing here imports Triton, loads the extension or touches a device at import time.
 """
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import importlib.util
 import os
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from fastflow.ops.declaration import Op
 
 BACKENDS: tuple[str, ...] = ("reference", "triton", "cuda", "cpu")
 
 # Fastest first, per device type. Triton under the interpreter is never chosen automatically.
-_AUTO_ORDER: dict[str, tuple[str, ...]] = {
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("triton", "cuda"),
     "cpu": ("cpu",),
 }
 
-_FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
 
 class BackendError(RuntimeError):
     """A forced backend cannot run a call (the message lists every backend with its reason)."""
 
 
-@dataclass(frozen=True)
-class OpSupport:
-    """Which backends implement an op, and for which dtypes."""
-
-    name: str
-    dtypes: dict[str, frozenset[torch.dtype]] = field(default_factory=dict)
+#: Every declared op by name (filled by ``fastflow.ops.declaration.Op``).
+OPS: dict[str, Op] = {}
 
 
-_OPS: dict[str, OpSupport] = {}
+def register(op: Op) -> None:
+    if op.name in OPS:
+        raise ValueError(f"an op named {op.name!r} is already declared")
+    OPS[op.name] = op
 
 
-def register_op(name: str, **dtypes_per_backend: Iterable[torch.dtype]) -> OpSupport:
-    """Declare op ``name`` and the dtypes each backend implements (``reference`` takes every float)."""
-    table = {"reference": _FLOATS}
-    for backend, dtypes in dtypes_per_backend.items():
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-        table[backend] = frozenset(dtypes)
-    support = OpSupport(name, table)
-    _OPS[name] = support
-    return support
+def get_op(name: str) -> Op:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}; declared: {sorted(OPS)}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,10 +91,10 @@ def load_extension() -> object | None:
     return _extension
 
 
-def _extension_has(op: str, dispatch_key: str) -> bool:
-    name = f"fastflow_C::{op}_fwd"
+def extension_has(qualified_name: str, dispatch_key: str) -> bool:
+    """Whether the extension registered a ``dispatch_key`` kernel for ``fastflow_C::<name>``."""
     try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(name, dispatch_key)
+        return torch._C._dispatch_has_kernel_for_dispatch_key(qualified_name, dispatch_key)
     except RuntimeError:
         return False
 
@@ -106,21 +110,8 @@ def _triton_missing() -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------------------------------
-# Why not: one reason per backend for one call, or None when it can run it.
-
-
-def why_not(backend: str, op: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """The reason ``backend`` cannot run ``op`` on tensors of this device and dtype, or None."""
-    support = _OPS.get(op)
-    if support is None:
-        raise KeyError(f"unknown op {op!r}")
-    dtypes = support.dtypes.get(backend)
-    if dtypes is None:
-        return f"has no {op} kernel"
-    if dtype not in dtypes:
-        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
-        return f"{op} supports {names}, not {str(dtype).removeprefix('torch.')}"
+def device_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` itself (whatever the op) cannot run on ``device``, or None."""
     if backend == "reference":
         return None
     if backend == "triton":
@@ -132,22 +123,30 @@ def why_not(backend: str, op: str, device: torch.device, dtype: torch.dtype) -> 
         if device.type == "cpu":
             return None if triton_interpreted() else "CPU tensors need TRITON_INTERPRET=1 (set before Triton loads)"
         return f"runs on CUDA tensors, not {device.type}"
-    # cpu and cuda: the compiled extension
+    wanted = "cpu" if backend == "cpu" else "cuda"
+    if device.type != wanted:
+        return f"runs on {wanted.upper()} tensors, not {device.type}"
+    return None
+
+
+def extension_reason(qualified_name: str, backend: str) -> str | None:
+    """Why the extension cannot serve ``fastflow_C::<name>`` for the ``cpu`` / ``cuda`` backend, or None."""
     if load_extension() is None:
         return _extension_error
+    key = "CPU" if backend == "cpu" else "CUDA"
+    if extension_has(qualified_name, key):
+        return None
     if backend == "cpu":
-        if device.type != "cpu":
-            return f"runs on CPU tensors, not {device.type}"
-        return None if _extension_has(op, "CPU") else f"fastflow._C was built without the {op} CPU kernel"
-    if device.type != "cuda":
-        return f"runs on CUDA tensors, not {device.type}"
-    return None if _extension_has(op, "CUDA") else f"fastflow._C was built without CUDA kernels for {op}"
+        return f"fastflow._C was built without the {qualified_name} CPU kernel"
+    return f"fastflow._C was built without CUDA kernels ({qualified_name})"
 
 
 # --------------------------------------------------------------------------------------------------
-# Selection.
+# The requested backend: a context variable, else the environment, else automatic.
 
-_forced: str | None = None
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastflow_backend", default=None)
+# Tests only: a forced "reference" that runs the custom ops' reference stages instead of the plain functions.
+_reference_through_ops: contextvars.ContextVar[bool] = contextvars.ContextVar("fastflow_reference_ops", default=False)
 
 
 def _check_name(name: str) -> str:
@@ -159,8 +158,9 @@ def _check_name(name: str) -> str:
 
 def get_backend() -> str:
     """The backend requested now: the one forced by ``set_backend``, else ``$FASTFLOW_BACKEND``, else 'auto'."""
-    if _forced is not None:
-        return _forced
+    forced = _forced.get()
+    if forced is not None:
+        return forced
     env = os.environ.get("FASTFLOW_BACKEND", "").strip()
     if not env:
         return "auto"
@@ -170,48 +170,118 @@ def get_backend() -> str:
         raise ValueError(f"FASTFLOW_BACKEND: {error}") from None
 
 
+def _constant_under_compile(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result(fn)``: dynamo calls ``fn`` once while tracing and keeps the result
+    as a constant. Set here as the marker that function sets, because calling it imports ``torch._dynamo`` (and
+    with it Triton), which ``import fastflow`` must not do."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+# torch.compile traces the ops with the backend requested when it compiles (a constant of the graph, so that the
+# context variable costs no graph break); a compiled function keeps that choice.
+@_constant_under_compile
+def requested() -> str:
+    """``get_backend()``, seen by ``torch.compile`` as a constant."""
+    return get_backend()
+
+
+@_constant_under_compile
+def plain_reference() -> bool:
+    """True when the public functions run the plain-PyTorch reference under autograd, bypassing the custom ops.
+
+    That is what a forced ``reference`` means (the specification, and the benchmarks' eager baseline), except
+    inside :func:`reference_through_ops`, where it runs the custom ops with their reference stages.
+    """
+    return get_backend() == "reference" and not _reference_through_ops.get()
+
+
+@contextmanager
+def reference_through_ops() -> Iterator[None]:
+    """Tests: force ``reference`` through the custom ops (their reference stages), not the plain functions."""
+    token = _reference_through_ops.set(True)
+    try:
+        with set_backend("reference"):
+            yield
+    finally:
+        _reference_through_ops.reset(token)
+
+
 class set_backend:  # noqa: N801 - used as a function and as a context manager
     """Force a backend for every op: ``fastflow.set_backend("cpu")``, or ``with fastflow.set_backend("triton"):``.
 
     ``None`` or ``"auto"`` returns to the automatic choice. As a context manager the previous setting is
-    restored on exit.
+    restored on exit. The setting belongs to the calling thread (a context variable); a backward pass runs on
+    the backend its forward ran on, wherever and under whatever setting it runs.
     """
 
     def __init__(self, name: str | None) -> None:
-        global _forced
-        self._previous = _forced
-        _forced = None if name is None or _check_name(name) == "auto" else _check_name(name)
+        value = None if name is None or _check_name(name) == "auto" else _check_name(name)
+        self._token = _forced.set(value)
 
     def __enter__(self) -> set_backend:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        global _forced
-        _forced = self._previous
+        _forced.reset(self._token)
+
+
+# --------------------------------------------------------------------------------------------------
+# Which backend ran: an observer for tests and for users who want to know.
+
+_observers: list[Callable[[str, str, str, tuple], None]] = []
+
+
+def notify(op: str, stage: str, backend: str, args: tuple) -> None:
+    """Tell the observers that ``stage`` of ``op`` runs on ``backend`` with the kernel arguments ``args``."""
+    for observer in _observers:
+        observer(op, stage, backend, args)
+
+
+@contextmanager
+def observe(observer: Callable[[str, str, str, tuple], None]) -> Iterator[None]:
+    """Call ``observer(op, stage, backend, args)`` for every stage that runs inside the block."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
+@contextmanager
+def trace() -> Iterator[list[tuple[str, str, str]]]:
+    """Collect ``(op, stage, backend)`` for every stage that runs inside the block, in order.
+
+    Example:
+        >>> with fastflow._backends.trace() as calls:
+        ...     y, logdet = fastflow.ops.affine_coupling(x, h_s, h_t)
+        >>> calls  # doctest: +SKIP
+        [('coupling', 'fwd', 'cpu')]
+    """
+    calls: list[tuple[str, str, str]] = []
+    with observe(lambda op, stage, backend, args: calls.append((op, stage, backend))):
+        yield calls
+
+
+# --------------------------------------------------------------------------------------------------
+# Why not, selection and the overview.
+
+
+def why_not(backend: str, op: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """The reason ``backend`` cannot run ``op`` on tensors of this device and dtype, or None."""
+    return get_op(op).why_not(backend, device, dtype)
 
 
 def select(op: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that runs ``op`` for tensors of this device and dtype (see the module docstring)."""
-    requested = get_backend()
-    if requested == "auto":
-        for backend in _AUTO_ORDER.get(device.type, ()):
-            if why_not(backend, op, device, dtype) is None:
-                return backend
-        return "reference"
-    reason = why_not(requested, op, device, dtype)
-    if reason is None:
-        return requested
-    lines = [f"backend {requested!r} cannot run {op} on {device.type} {str(dtype).removeprefix('torch.')}:"]
-    for backend in BACKENDS:
-        lines.append(f"  {backend:9s} {why_not(backend, op, device, dtype) or 'available'}")
-    raise BackendError("\n".join(lines))
+    """The backend that runs ``op`` for tensors of this device and dtype under the current setting."""
+    return get_op(op).select_for(device, dtype, requested=get_backend())
 
 
 def backend_info() -> dict[str, dict[str, object]]:
     """What each backend can do on this machine, and why not where it cannot.
 
-    Returns ``{backend: {"available": bool, "reason": str | None, "ops": [op names]}}``; ``str(...)`` of the
-    result is not needed: ``fastflow info`` prints it as a table (:func:`format_backend_info`).
+    Returns ``{backend: {"available": bool, "reason": str | None, "ops": [op names]}}``; ``fastflow info`` prints
+    it as a table (:func:`format_backend_info`).
     """
     cuda = torch.cuda.is_available()
     probe_device = {
@@ -224,12 +294,12 @@ def backend_info() -> dict[str, dict[str, object]]:
     for backend in BACKENDS:
         device = probe_device[backend]
         ops, reasons = [], []
-        for op in sorted(_OPS):
-            reason = why_not(backend, op, device, torch.float32)
+        for name in sorted(OPS):
+            reason = why_not(backend, name, device, torch.float32)
             if reason is None and device.type == "cuda" and not cuda:
                 reason = "no CUDA device is visible"
             if reason is None:
-                ops.append(op)
+                ops.append(name)
             else:
                 reasons.append(reason)
         info[backend] = {

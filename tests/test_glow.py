@@ -210,3 +210,36 @@ def test_empty_batch_and_empty_init_batch():
         layer.eval()
         y, logdet = layer(torch.zeros(0, 4, 3, 3))
         assert y.shape == (0, 4, 3, 3) and logdet.shape == (0,)
+
+
+def test_hooks_on_actnorm_and_invconv_fire_inside_a_flow_step():
+    """A hook on a FlowStep's ActNorm or InvConv1x1 sees the tensors of an unfused step (the step then calls the
+    layers one after the other), and the step's result is the fused one."""
+    torch.manual_seed(0)
+    step = FlowStep(4, hidden_channels=8)
+    x = torch.randn(3, 4, 5, 5)
+    step(x)  # ActNorm's initialisation
+    with torch.no_grad():
+        step.coupling.conditioner.net[-1].weight.normal_(0, 0.1)
+    fused_y, fused_logdet = step(x)
+    seen = {}
+
+    def after_actnorm(module, args, output):
+        seen.setdefault("actnorm", (args[0], output[0]))
+
+    def before_invconv(module, args):
+        seen.setdefault("invconv", args[0])
+
+    handles = [step.actnorm.register_forward_hook(after_actnorm), step.invconv.register_forward_pre_hook(before_invconv)]
+    try:
+        y, logdet = step(x)
+        x_back, _ = step.inverse(y)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(seen["actnorm"][0], x)
+    assert torch.equal(seen["invconv"], seen["actnorm"][1])
+    torch.testing.assert_close(y, fused_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logdet, fused_logdet, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_back, x, rtol=1e-4, atol=1e-4)
+    assert step._fused()  # the hooks are gone: fused again

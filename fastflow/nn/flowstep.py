@@ -1,12 +1,16 @@
 """Glow's flow step: ActNorm → invertible 1×1 convolution → coupling.
 
 With the LU 1×1 convolution, ActNorm is folded into it and both run as one fused pass
-(``fastflow.ops.actnorm_invconv``); ActNorm's data-dependent initialisation still sees the step's input.
+(``fastflow.ops.actnorm_invconv``); ActNorm's data-dependent initialisation still sees the step's input. When
+something observes ActNorm or InvConv1x1 — a hook on either, or a global module hook — the step calls them one
+after the other through their public calls instead, so that every hook sees exactly the tensors of an unfused
+step (the result is the same up to rounding).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from fastflow.nn.actnorm import ActNorm
 from fastflow.nn.coupling import AdditiveCoupling, AffineCoupling
@@ -48,8 +52,12 @@ class FlowStep(nn.Module):
         else:
             self.coupling = AdditiveCoupling(num_channels, hidden_channels=hidden_channels, cond_channels=cond_channels)
 
+    def _fused(self) -> bool:
+        """Whether ActNorm and the 1×1 convolution may run as one fused pass: LU weight, and no hook to feed."""
+        return self.invconv.lu and not (_observed(self.actnorm) or _observed(self.invconv))
+
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.invconv.lu:
+        if self._fused():
             self.actnorm._check(x)
             if self.actnorm.needs_init:
                 self.actnorm.initialize(x)
@@ -63,10 +71,24 @@ class FlowStep(nn.Module):
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, logdet = self.coupling.inverse(y, cond)
-        if self.invconv.lu:
+        if self._fused():
             x, logdet_w = self.invconv._lu_call(x, self.actnorm.log_scale, self.actnorm.bias, inverse=True)
         else:
             x, logdet_w = self.invconv.inverse(x)
             x, logdet_a = self.actnorm.inverse(x)
             logdet_w = logdet_w + logdet_a
         return x, logdet + logdet_w
+
+
+def _observed(layer: nn.Module) -> bool:
+    """Whether calling ``layer`` would run a hook (its own or a global one) that needs to see it run.
+
+    A hook marked ``tolerates_fusion = True`` (the trainer's non-finite guard: it watches whatever runs, and the
+    fused step's own hook sees the same values) does not count, so that the guard keeps the step fused.
+    """
+    hooks = (
+        layer._forward_hooks, layer._forward_pre_hooks, layer._backward_hooks, layer._backward_pre_hooks,
+        _module._global_forward_hooks, _module._global_forward_pre_hooks,
+        _module._global_backward_hooks, _module._global_backward_pre_hooks,
+    )
+    return any(not getattr(hook, "tolerates_fusion", False) for table in hooks for hook in table.values())

@@ -4,7 +4,9 @@
 parameters (small differentiable PyTorch algebra, ``fastflow.reference.actnorm_invconv.folded_weight``: the
 inverse uses triangular solves), then makes one pass over the pixels with the custom op
 ``fastflow::actnorm_invconv_fwd``: ``y = W'·x + b'`` per pixel. Its backward is the custom op
-``fastflow::actnorm_invconv_bwd``; gradients reach the LU and ActNorm parameters through the ``C×C`` algebra.
+``fastflow::actnorm_invconv_bwd``, on the forward's backend; both come from the one declaration
+``ACTNORM_INVCONV`` (``fastflow.ops.declaration``). Gradients reach the LU and ActNorm parameters through the
+``C×C`` algebra.
 The log-determinant ``±H·W·(Σ log_scale + Σ log|s|)`` is a sum of ``2C`` numbers on the device: no ``slogdet``,
 no ``.item()``, no host synchronisation.
 
@@ -24,54 +26,28 @@ import torch
 from torch import Tensor
 
 from fastflow import _backends
+from fastflow.ops.declaration import EXTENSION, FLOATS, Autograd, Implementation, Op, Stage
 from fastflow.reference import actnorm_invconv as reference
 from fastflow.reference.numerics import accumulation_dtype
 
-_LOW = (torch.float16, torch.bfloat16, torch.float32)
-SUPPORT = _backends.register_op(
-    "actnorm_invconv",
-    cpu=_LOW + (torch.float64,),
-    triton=_LOW,
-)
+_LOW = frozenset({torch.float16, torch.bfloat16, torch.float32})
 
 
-def _triton():
-    from fastflow.kernels import actnorm_invconv as triton_actnorm_invconv
-
-    return triton_actnorm_invconv
-
-
-@torch.library.custom_op("fastflow::actnorm_invconv_fwd", mutates_args=())
-def actnorm_invconv_fwd(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``y = weight·x + bias`` at every pixel (see the module docstring): ``y [B, C, H, W]`` contiguous."""
-    backend = _backends.select("actnorm_invconv", x.device, x.dtype)
-    if backend == "reference":
-        # The reference computes in the input dtype; the op's contract is float32 math for low precision.
-        return reference.channel_mix(x.to(weight.dtype), weight, bias).to(x.dtype).contiguous()
-    if backend == "triton":
-        return _triton().actnorm_invconv_fwd(x, weight, bias)
-    return torch.ops.fastflow_C.actnorm_invconv_fwd(x, weight, bias)
+def _reference_fwd(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    # The reference computes in the input dtype; the op's contract is float32 math for low precision.
+    return reference.channel_mix(x.to(weight.dtype), weight, bias).to(x.dtype).contiguous()
 
 
-@actnorm_invconv_fwd.register_fake
-def _(x, weight, bias):
+def _reference_bwd(grad_y: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    grad_x, grad_weight, grad_bias = reference.channel_mix_backward(grad_y, x, weight)
+    return grad_x.contiguous(), grad_weight, grad_bias
+
+
+def _fake_fwd(x, weight, bias):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("fastflow::actnorm_invconv_bwd", mutates_args=())
-def actnorm_invconv_bwd(grad_y: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(Wᵀ·g, Σ g·xᵀ, Σ g)`` of :func:`actnorm_invconv_fwd` (see the module docstring)."""
-    backend = _backends.select("actnorm_invconv", x.device, x.dtype)
-    if backend == "reference":
-        grad_x, grad_weight, grad_bias = reference.channel_mix_backward(grad_y, x, weight)
-        return grad_x.contiguous(), grad_weight, grad_bias
-    if backend == "triton":
-        return _triton().actnorm_invconv_bwd(grad_y, x, weight)
-    return torch.ops.fastflow_C.actnorm_invconv_bwd(grad_y, x, weight)
-
-
-@actnorm_invconv_bwd.register_fake
-def _(grad_y, x, weight):
+def _fake_bwd(grad_y, x, weight):
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     return grad_x, torch.empty_like(weight), weight.new_empty(weight.shape[0])
 
@@ -83,11 +59,22 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias = actnorm_invconv_bwd(grad_y.contiguous(), x, weight)
-    return grad_x, grad_weight, grad_bias
+    return ACTNORM_INVCONV.call("bwd", grad_y.contiguous(), x, weight, backend=ctx.backend)
 
 
-torch.library.register_autograd("fastflow::actnorm_invconv_fwd", _backward, setup_context=_setup_context)
+ACTNORM_INVCONV = Op(
+    "actnorm_invconv",
+    stages={
+        "fwd": Stage("(Tensor x, Tensor weight, Tensor bias) -> Tensor", fake=_fake_fwd, lead="x"),
+        "bwd": Stage("(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor, Tensor)", fake=_fake_bwd, lead="x"),
+    },
+    backends={
+        "reference": Implementation(FLOATS, {"fwd": _reference_fwd, "bwd": _reference_bwd}),
+        "cpu": Implementation(_LOW | {torch.float64}, EXTENSION),
+        "triton": Implementation(_LOW, "fastflow.kernels.actnorm_invconv"),
+    },
+    autograd=Autograd(_setup_context, _backward),
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,7 +159,7 @@ def actnorm_invconv(
         True
     """
     _validate(x, log_scale, bias, lower, upper, log_s, perm, sign_s)
-    if _backends.get_backend() == "reference":
+    if _backends.plain_reference():
         # The forced reference is the plain-PyTorch spec (ActNorm, then conv2d), differentiated by autograd.
         return reference.actnorm_invconv(
             x, log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=bool(inverse)
@@ -183,6 +170,6 @@ def actnorm_invconv(
         weight, shift = reference.folded_weight(
             log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=bool(inverse), dtype=acc
         )
-    y = actnorm_invconv_fwd(x, weight.contiguous(), shift.contiguous())
+    y = ACTNORM_INVCONV.call("fwd", x, weight.contiguous(), shift.contiguous())
     pixels = x.shape[2] * x.shape[3]
     return y, reference.logdet(log_scale, log_s, x.shape[0], pixels, acc, bool(inverse))

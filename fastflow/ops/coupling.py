@@ -2,8 +2,9 @@
 
 Public functions ``affine_coupling`` / ``additive_coupling`` check their arguments, bring every layout to
 one canonical 4-d form and call the custom op ``fastflow::coupling_fwd``; its backward is the custom op
-``fastflow::coupling_bwd``. Both dispatch, per call, to a backend (``fastflow._backends``): the reference
-(``fastflow.reference.coupling``), the C++ extension on CPU tensors, or the Triton kernels.
+``fastflow::coupling_bwd``. Both come from the one declaration ``COUPLING`` (``fastflow.ops.declaration``):
+the forward runs on the backend chosen per call — the reference (``fastflow.reference.coupling``), the C++
+extension on CPU or CUDA tensors, or the Triton kernels — and its backward on the same one.
 
 Kernel contract (shared by every backend):
 
@@ -27,106 +28,52 @@ import torch
 from torch import Tensor
 
 from fastflow import _backends
+from fastflow._codes import MASK_CHANNEL, MASK_CODES, MASK_NAMES, SCALE_ADDITIVE, SCALE_CODES, SCALE_NAMES
+from fastflow.ops.declaration import EXTENSION, FLOATS, Autograd, Implementation, Op, Stage
 from fastflow.reference import coupling as reference
 from fastflow.reference.numerics import accumulation_dtype
 
-MASK_CHANNEL, MASK_CHECKERBOARD = 0, 1
-SCALE_SIGMOID, SCALE_EXP, SCALE_ADDITIVE = 0, 1, 2
-_MASK_CODES = {"channel": MASK_CHANNEL, "checkerboard": MASK_CHECKERBOARD}
-_SCALE_CODES = {"sigmoid": SCALE_SIGMOID, "exp": SCALE_EXP}
-_MASK_NAMES = {code: name for name, code in _MASK_CODES.items()}
-_SCALE_NAMES = {code: name for name, code in _SCALE_CODES.items()}
-
-_LOW = (torch.float16, torch.bfloat16, torch.float32)
-SUPPORT = _backends.register_op(
-    "coupling",
-    cpu=_LOW + (torch.float64,),
-    triton=_LOW,
-    cuda=_LOW,
-)
+_AFFINE_SCALES = {name: code for name, code in SCALE_CODES.items() if code != SCALE_ADDITIVE}
+_LOW = frozenset({torch.float16, torch.bfloat16, torch.float32})
 
 
 # --------------------------------------------------------------------------------------------------
-# Backend dispatch.
-
-
-def _triton():
-    from fastflow.kernels import coupling as triton_coupling
-
-    return triton_coupling
+# Stages of the reference backend (the fallback: a device or dtype no kernel covers) and fake functions.
 
 
 def _reference_fwd(x, raw_scale, shift, mask, scale, flip, inverse, clamp):
-    mask_name = _MASK_NAMES[mask]
+    mask_name = MASK_NAMES[mask]
     if scale == SCALE_ADDITIVE:
-        return reference.additive_coupling(x, shift, mask=mask_name, flip=flip, inverse=inverse)
-    return reference.affine_coupling(
-        x, raw_scale, shift, mask=mask_name, scale=_SCALE_NAMES[scale], flip=flip, inverse=inverse, clamp=clamp
-    )
+        y, logdet = reference.additive_coupling(x, shift, mask=mask_name, flip=flip, inverse=inverse)
+    else:
+        y, logdet = reference.affine_coupling(
+            x, raw_scale, shift, mask=mask_name, scale=SCALE_NAMES[scale], flip=flip, inverse=inverse, clamp=clamp
+        )
+    return y.contiguous(), logdet
 
 
 def _reference_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp):
     grads = reference.affine_coupling_backward(
         grad_y, grad_logdet, z, raw_scale,
-        mask=_MASK_NAMES[mask], scale=_SCALE_NAMES[scale], flip=flip, inverse=inverse, clamp=clamp,
+        mask=MASK_NAMES[mask], scale=SCALE_NAMES[scale], flip=flip, inverse=inverse, clamp=clamp,
     )
     # Fresh contiguous tensors: a custom op's outputs may not alias its inputs (grad_shift = grad_y[b] does).
     return tuple(g.clone(memory_format=torch.contiguous_format) for g in grads)
 
 
-@torch.library.custom_op("fastflow::coupling_fwd", mutates_args=())
-def coupling_fwd(
-    x: Tensor,
-    raw_scale: Tensor | None,
-    shift: Tensor,
-    mask: int,
-    scale: int,
-    flip: bool,
-    inverse: bool,
-    clamp: float,
-) -> tuple[Tensor, Tensor]:
-    """Canonical coupling (see the module docstring): ``(y [B, C, H, W] contiguous, logdet [B])``."""
-    backend = _backends.select("coupling", x.device, x.dtype)
-    if backend == "reference":
-        y, logdet = _reference_fwd(x, raw_scale, shift, mask, scale, flip, inverse, clamp)
-        return y.contiguous(), logdet
-    if backend == "triton":
-        return _triton().coupling_fwd(x, raw_scale, shift, mask, scale, flip, inverse, clamp)
-    return torch.ops.fastflow_C.coupling_fwd(x, raw_scale, shift, mask, scale, flip, inverse, clamp)
-
-
-@coupling_fwd.register_fake
-def _(x, raw_scale, shift, mask, scale, flip, inverse, clamp):
+def _fake_fwd(x, raw_scale, shift, mask, scale, flip, inverse, clamp):
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     return y, x.new_empty((x.shape[0],), dtype=accumulation_dtype(x.dtype))
 
 
-@torch.library.custom_op("fastflow::coupling_bwd", mutates_args=())
-def coupling_bwd(
-    grad_y: Tensor,
-    grad_logdet: Tensor,
-    z: Tensor,
-    raw_scale: Tensor,
-    mask: int,
-    scale: int,
-    flip: bool,
-    inverse: bool,
-    clamp: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Fused backward of the affine coupling: ``(grad_x, grad_raw_scale, grad_shift)``, all contiguous."""
-    backend = _backends.select("coupling", z.device, z.dtype)
-    if backend == "reference":
-        return _reference_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp)
-    if backend == "triton":
-        return _triton().coupling_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp)
-    return torch.ops.fastflow_C.coupling_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp)
-
-
-@coupling_bwd.register_fake
-def _(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp):
+def _fake_bwd(grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp):
     grad_x = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     grad_raw = torch.empty(raw_scale.shape, dtype=raw_scale.dtype, device=raw_scale.device)
     return grad_x, grad_raw, torch.empty_like(grad_raw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd.
 
 
 def _setup_context(ctx, inputs, output):
@@ -135,7 +82,6 @@ def _setup_context(ctx, inputs, output):
     # The inverse saves its output: x = (y − h_t)/s is all its gradient needs, and h_t is not kept.
     ctx.save_for_backward(y if inverse else x, raw_scale)
     ctx.config = (mask, scale, flip, inverse, clamp)
-    ctx.shift_shape = shift.shape
 
 
 def _transformed_part(grad: Tensor, mask: int, flip: bool) -> Tensor:
@@ -158,14 +104,39 @@ def _backward(ctx, grad_y, grad_logdet):
         return grad_y, None, (-grad_shift if inverse else grad_shift), None, None, None, None, None
     if grad_logdet is None:
         grad_logdet = torch.zeros(z.shape[0], dtype=accumulation_dtype(z.dtype), device=z.device)
-    grad_x, grad_raw, grad_shift = coupling_bwd(
-        grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp
+    grad_x, grad_raw, grad_shift = COUPLING.call(
+        "bwd", grad_y, grad_logdet, z, raw_scale, mask, scale, flip, inverse, clamp, backend=ctx.backend
     )
     return grad_x, grad_raw, grad_shift, None, None, None, None, None
 
 
-torch.library.register_autograd("fastflow::coupling_fwd", _backward, setup_context=_setup_context)
+# --------------------------------------------------------------------------------------------------
+# The declaration.
 
+COUPLING = Op(
+    "coupling",
+    stages={
+        "fwd": Stage(
+            "(Tensor x, Tensor? raw_scale, Tensor shift, int mask, int scale, bool flip, bool inverse, float clamp)"
+            " -> (Tensor, Tensor)",
+            fake=_fake_fwd,
+            lead="x",
+        ),
+        "bwd": Stage(
+            "(Tensor grad_y, Tensor grad_logdet, Tensor z, Tensor raw_scale, int mask, int scale, bool flip, "
+            "bool inverse, float clamp) -> (Tensor, Tensor, Tensor)",
+            fake=_fake_bwd,
+            lead="z",
+        ),
+    },
+    backends={
+        "reference": Implementation(FLOATS, {"fwd": _reference_fwd, "bwd": _reference_bwd}),
+        "cpu": Implementation(_LOW | {torch.float64}, EXTENSION),
+        "triton": Implementation(_LOW, "fastflow.kernels.coupling"),
+        "cuda": Implementation(_LOW, EXTENSION),
+    },
+    autograd=Autograd(_setup_context, _backward),
+)
 
 # --------------------------------------------------------------------------------------------------
 # Public functions: argument checks and layouts.
@@ -196,10 +167,10 @@ def _validate(x, params: dict[str, Tensor | None], mask: str, scale: str | None)
         raise ValueError(f"x must be [B, C, H, W] or [B, D], got {x.dim()} dimensions (shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-    if mask not in _MASK_CODES:
-        raise ValueError(f"mask must be one of {tuple(_MASK_CODES)}, got {mask!r}")
-    if scale is not None and scale not in _SCALE_CODES:
-        raise ValueError(f"scale must be one of {tuple(_SCALE_CODES)}, got {scale!r}")
+    if mask not in MASK_CODES:
+        raise ValueError(f"mask must be one of {tuple(MASK_CODES)}, got {mask!r}")
+    if scale is not None and scale not in _AFFINE_SCALES:
+        raise ValueError(f"scale must be one of {tuple(_AFFINE_SCALES)}, got {scale!r}")
     if mask == "channel" and x.shape[1] % 2:
         raise ValueError(
             f"x: mask='channel' splits dimension 1 in halves and needs an even size, got {x.shape[1]} "
@@ -255,17 +226,18 @@ def affine_coupling(
     _validate(x, {"raw_scale": raw_scale, "shift": shift}, mask, scale)
     if not isinstance(clamp, (int, float)) or clamp <= 0:
         raise ValueError(f"clamp must be a positive number, got {clamp!r}")
-    if _backends.get_backend() == "reference":
+    if _backends.plain_reference():
         # The forced reference is the plain-PyTorch spec, differentiated by autograd (the benchmarks' baseline).
         return reference.affine_coupling(
             x, raw_scale, shift, mask=mask, scale=scale, flip=bool(flip), inverse=bool(inverse), clamp=float(clamp)
         )
-    y, logdet = coupling_fwd(
+    y, logdet = COUPLING.call(
+        "fwd",
         _canonical(x, mask),
         _canonical(raw_scale, mask),
         _canonical(shift, mask),
-        _MASK_CODES[mask],
-        _SCALE_CODES[scale],
+        MASK_CODES[mask],
+        SCALE_CODES[scale],
         bool(flip),
         bool(inverse),
         float(clamp),
@@ -286,10 +258,10 @@ def additive_coupling(
     Arguments as in :func:`affine_coupling`.
     """
     _validate(x, {"shift": shift}, mask, None)
-    if _backends.get_backend() == "reference":
+    if _backends.plain_reference():
         return reference.additive_coupling(x, shift, mask=mask, flip=bool(flip), inverse=bool(inverse))
-    y, logdet = coupling_fwd(
-        _canonical(x, mask), None, _canonical(shift, mask), _MASK_CODES[mask], SCALE_ADDITIVE,
+    y, logdet = COUPLING.call(
+        "fwd", _canonical(x, mask), None, _canonical(shift, mask), MASK_CODES[mask], SCALE_ADDITIVE,
         bool(flip), bool(inverse), reference.CLAMP,
     )
     return y.view(x.shape), logdet

@@ -42,6 +42,9 @@ class NonFiniteGuard:
             if flags:
                 self._records.append((f"{name} ({type(module).__name__})", torch.stack(flags).any()))
 
+        # A fused Glow step need not run ActNorm and the 1×1 convolution apart for this hook (fastflow.nn.flowstep):
+        # the step's own hook sees their fused output.
+        record.tolerates_fusion = True
         return record
 
     def start(self) -> None:
