@@ -230,7 +230,10 @@ def test_hooks_on_actnorm_and_invconv_fire_inside_a_flow_step():
     def before_invconv(module, args):
         seen.setdefault("invconv", args[0])
 
-    handles = [step.actnorm.register_forward_hook(after_actnorm), step.invconv.register_forward_pre_hook(before_invconv)]
+    handles = [
+        step.actnorm.register_forward_hook(after_actnorm),
+        step.invconv.register_forward_pre_hook(before_invconv),
+    ]
     try:
         y, logdet = step(x)
         x_back, _ = step.inverse(y)

@@ -2,8 +2,12 @@
 //
 // Layout. Grid (tiles, samples): a block covers kTile consecutive elements of one sample's contiguous output
 // (y or grad_x, flat index i = (c·H + h)·W + w), each thread kItems consecutive ones; the inputs are read
-// through their own strides, so views of a conditioner output need no copy. When every input has contiguous
-// (H, W) planes, a thread's kItems elements lie in one plane and are loaded as one vector (kVec). Math runs
+// through their own strides, so views of a conditioner output need no copy. A thread splits its first index
+// into (c, h, w) once (32-bit division where the sample fits) and steps to its next elements (w + 1, wrapping
+// into h + 1, then c + 1): integer division is slow on GPUs (64-bit: a long software routine), so there is
+// none per element. Whether each element is transformed is computed once per thread, then reused by the
+// loads, the math and the stores. When every input has contiguous (H, W) planes, a thread's kItems elements
+// lie in one plane and are loaded as one vector (kVec); else each is loaded at its (c, h, w). Math runs
 // in float32; log s of the transformed positions is reduced per block into partial[b, tile] and a second
 // tiny kernel sums each sample's row in a fixed order: no atomics, the result is deterministic.
 //
@@ -60,14 +64,39 @@ struct alignas(sizeof(T) * kItems) Pack {
   T v[kItems];
 };
 
-// Element (c, hw) of one sample: the flat index split once per thread.
+// n / d, and n − (n / d)·d into `rest`, for 0 <= n <= bound and d >= 1: in 32 bits when the bound fits, a
+// few instructions instead of the long 64-bit routine (the branch is uniform: bound comes from the Config).
+__device__ __forceinline__ int64_t divide(int64_t n, int64_t d, int64_t bound, int64_t& rest) {
+  if (bound <= UINT32_MAX) {
+    const auto n32 = static_cast<uint32_t>(n), d32 = static_cast<uint32_t>(d);
+    const uint32_t q = n32 / d32;
+    rest = n32 - q * d32;
+    return q;
+  }
+  const int64_t q = n / d;
+  rest = n - q * d;
+  return q;
+}
+
+// Element (c, h, w) of one sample: a flat index 0 <= i < C·H·W split once per thread, the thread's next
+// elements reached by advance() without division.
 struct Position {
   int64_t c, h, w;
   __device__ Position(int64_t i, const Config& k) {
-    c = i / k.plane;
-    const int64_t hw = i - c * k.plane;
-    h = hw / k.width;
-    w = hw - h * k.width;
+    int64_t hw;
+    c = divide(i, k.plane, k.sample, hw);
+    h = divide(hw, k.width, k.plane, w);
+  }
+  // To flat index i + 1: the next w, wrapping into the next row, then the next channel (past the sample's
+  // last element, c = C: callers only use positions below their count).
+  __device__ __forceinline__ void advance(const Config& k) {
+    if (++w == k.width) {
+      w = 0;
+      if (++h == k.height) {
+        h = 0;
+        ++c;
+      }
+    }
   }
 };
 
@@ -75,6 +104,23 @@ __device__ __forceinline__ bool is_transformed(const Position& p, const Config& 
   if (k.mask == kMaskChannel) return p.c >= k.first && p.c < k.first + k.param_channels;
   return ((p.h + p.w) & 1) == k.parity;
 }
+
+// A thread's kItems elements: the position of the first and whether each is transformed, false past
+// count = how many of them lie in the sample (< kItems in the last tile, 0 for idle threads); computed once
+// per thread, reused by the loads, the math and the stores of every sample b. The scalar loads step from
+// `first` again (a few compares and adds) rather than keep kItems positions in registers.
+struct Items {
+  Position first;
+  bool transformed[kItems];
+  __device__ Items(const Position& p, int64_t count, const Config& k) : first(p) {
+    Position q = p;
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j > 0) q.advance(k);
+      transformed[j] = j < count && is_transformed(q, k);
+    }
+  }
+};
 
 __device__ __forceinline__ int64_t offset(const Strides& s, int64_t b, int64_t c, int64_t h, int64_t w) {
   return b * s.b + c * s.c + h * s.h + w * s.w;
@@ -124,38 +170,32 @@ __device__ float block_sum(float value) {
 
 __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Loads the kItems elements i0 .. i0 + count of one sample (position p = i0) from a tensor with strides s,
-// element (c, h, w) read at channel c − channel_offset (raw_scale / shift skip the pass-through half). kVec:
-// one vector load (the caller checked contiguity and alignment, and with the channel mask that the group is
-// transformed). Else one strided load per element, only where it is transformed when `params`, since
-// raw_scale / shift have no pass-through channels to read.
+// Loads a thread's `count` elements (items) of sample b from a tensor with strides s, element (c, h, w)
+// read at channel c − channel_offset (raw_scale / shift skip the pass-through half). kVec: one vector load
+// at the first position (the caller checked contiguity and alignment, and with the channel mask that the
+// group is transformed). Else one strided load per element at its stepped position, only where it is
+// transformed when `params`, since raw_scale / shift have no pass-through channels to read.
 template <bool kVec, typename scalar_t>
-__device__ __forceinline__ void load(const scalar_t* data, const Strides& s, int64_t b, const Position& p,
-                                     int64_t channel_offset, bool params, int64_t i0, int64_t count,
-                                     const Config& k, float out[kItems]) {
+__device__ __forceinline__ void load(const scalar_t* data, const Strides& s, int64_t b, const Items& items,
+                                     int64_t channel_offset, bool params, int64_t count, const Config& k,
+                                     float out[kItems]) {
   if constexpr (kVec) {
+    const Position& p = items.first;
     const auto* pack = reinterpret_cast<const Pack<scalar_t>*>(data + offset(s, b, p.c - channel_offset, p.h, p.w));
     const Pack<scalar_t> values = *pack;
 #pragma unroll
     for (int j = 0; j < kItems; ++j) out[j] = static_cast<float>(values.v[j]);
   } else {
+    Position q = items.first;
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
+      if (j > 0) q.advance(k);
       out[j] = 0.f;
-      if (j < count) {
-        const Position q(i0 + j, k);
-        if (!params || is_transformed(q, k)) out[j] = static_cast<float>(data[offset(s, b, q.c - channel_offset, q.h, q.w)]);
+      if (j < count && (!params || items.transformed[j])) {
+        out[j] = static_cast<float>(data[offset(s, b, q.c - channel_offset, q.h, q.w)]);
       }
     }
   }
-}
-
-// Whether element j of a thread's group is transformed; with kVec and the channel mask the whole group
-// shares p's channel, so the answer is `group` without another division.
-template <bool kVec>
-__device__ __forceinline__ bool element_transformed(int64_t i, bool group, const Config& k) {
-  if (kVec && k.mask == kMaskChannel) return group;
-  return is_transformed(Position(i, k), k);
 }
 
 template <bool kVec, typename scalar_t>
@@ -183,21 +223,22 @@ __global__ void __launch_bounds__(kThreads)
                         Strides xs, Strides hs, Strides ts, Config k, int64_t batch) {
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x * kItems;
   const int64_t count = i0 < k.sample ? imin(kItems, k.sample - i0) : 0;
-  const Position p(imin(i0, k.sample - 1), k);
+  // Idle threads (count 0) split a valid index; their items are all not transformed.
+  const Items items(Position(imin(i0, k.sample - 1), k), count, k);
+  // Whether any element of the group may be transformed (kVec with the channel mask: all or none).
+  const bool group = !kVec || k.mask != kMaskChannel || is_transformed(items.first, k);
   const int64_t param_offset = k.mask == kMaskChannel ? k.first : 0;
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     float xv[kItems], yv[kItems], hv[kItems], tv[kItems];
     float logdet = 0.f;
     if (count > 0) {
-      load<kVec>(x, xs, b, p, 0, false, i0, count, k, xv);
-      // Whether any element of the group may be transformed (kVec with the channel mask: all or none).
-      const bool group = !kVec || k.mask != kMaskChannel || is_transformed(p, k);
-      if (group && k.scale != kScaleAdditive) load<kVec>(raw, hs, b, p, param_offset, true, i0, count, k, hv);
-      if (group) load<kVec>(shift, ts, b, p, param_offset, true, i0, count, k, tv);
+      load<kVec>(x, xs, b, items, 0, false, count, k, xv);
+      if (group && k.scale != kScaleAdditive) load<kVec>(raw, hs, b, items, param_offset, true, count, k, hv);
+      if (group) load<kVec>(shift, ts, b, items, param_offset, true, count, k, tv);
 #pragma unroll
       for (int j = 0; j < kItems; ++j) {
         yv[j] = xv[j];
-        if (!group || j >= count || !element_transformed<kVec>(i0 + j, group, k)) continue;
+        if (!group || !items.transformed[j]) continue;
         if (k.scale == kScaleAdditive) {
           yv[j] = k.inverse ? xv[j] - tv[j] : xv[j] + tv[j];
         } else {
@@ -235,18 +276,20 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x * kItems;
   if (i0 >= k.sample) return;  // no block-wide reduction here: idle threads may leave
   const int64_t count = imin(kItems, k.sample - i0);
-  const Position p(i0, k);
+  const Items items(Position(i0, k), count, k);
+  // Whether any element of the group may be transformed (kVec with the channel mask: all or none).
+  const bool group = !kVec || k.mask != kMaskChannel || is_transformed(items.first, k);
   const int64_t param_offset = k.mask == kMaskChannel ? k.first : 0;
   const int64_t param_sample = k.param_channels * k.plane;
-  // Flat index of p inside raw_scale's [C/2 or C, H, W]: the same elements shifted by the first channel.
+  // Flat index of the thread's first element inside raw_scale's [C/2 or C, H, W]: shifted by the first
+  // transformed channel.
   const int64_t param_i0 = i0 - (k.mask == kMaskChannel ? k.first * k.plane : 0);
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     float gv[kItems], zv[kItems], hv[kItems], gx[kItems], gh[kItems], gt[kItems];
-    load<kVec>(grad_y, gs, b, p, 0, false, i0, count, k, gv);
-    const bool group = !kVec || k.mask != kMaskChannel || is_transformed(p, k);
+    load<kVec>(grad_y, gs, b, items, 0, false, count, k, gv);
     if (group) {
-      load<kVec>(z, zs, b, p, 0, false, i0, count, k, zv);
-      load<kVec>(raw, hs, b, p, param_offset, true, i0, count, k, hv);
+      load<kVec>(z, zs, b, items, 0, false, count, k, zv);
+      load<kVec>(raw, hs, b, items, param_offset, true, count, k, hv);
     }
     const float gl = grad_logdet[b];
 #pragma unroll
@@ -254,7 +297,7 @@ __global__ void __launch_bounds__(kThreads)
       gx[j] = gv[j];
       gh[j] = 0.f;
       gt[j] = 0.f;
-      if (!group || j >= count || !element_transformed<kVec>(i0 + j, group, k)) continue;
+      if (!group || !items.transformed[j]) continue;
       const Scale sc = scale_of(hv[j], k, true);
       if (k.inverse) {
         gx[j] = gv[j] * sc.inv_s;
@@ -276,7 +319,7 @@ __global__ void __launch_bounds__(kThreads)
       } else {
 #pragma unroll
         for (int j = 0; j < kItems; ++j) {
-          if (j < count && is_transformed(Position(i0 + j, k), k)) {
+          if (items.transformed[j]) {
             grad_raw[b * param_sample + param_i0 + j] = static_cast<scalar_t>(gh[j]);
             grad_shift[b * param_sample + param_i0 + j] = static_cast<scalar_t>(gt[j]);
           }
