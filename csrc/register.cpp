@@ -8,8 +8,16 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string_view>
+
 #include "actnorm_invconv.h"
 #include "coupling.h"
+
+namespace fastflow {
+// Test-only, hence no header: one float32 function of cpu/fastmath.h applied elementwise, for
+// tests/ops/test_fastmath.py (defined in cpu/fastmath_probe.cpp).
+at::Tensor fastmath_cpu(const at::Tensor& x, std::string_view function);
+}  // namespace fastflow
 
 extern "C" {
 // Importing the module loads this shared library, which runs the TORCH_LIBRARY initialisers.
@@ -34,6 +42,8 @@ TORCH_LIBRARY(fastflow_C, m) {
       "bool inverse, float clamp) -> (Tensor, Tensor, Tensor)");
   m.def("actnorm_invconv_fwd(Tensor x, Tensor weight, Tensor bias) -> Tensor");
   m.def("actnorm_invconv_bwd(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor, Tensor)");
+  // Leading underscore: internal, for tests; fastflow/ops/ does not wrap it.
+  m.def("_fastmath(Tensor x, str function) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastflow_C, CPU, m) {
@@ -41,6 +51,7 @@ TORCH_LIBRARY_IMPL(fastflow_C, CPU, m) {
   m.impl("coupling_bwd", &fastflow::coupling_bwd_cpu);
   m.impl("actnorm_invconv_fwd", &fastflow::actnorm_invconv_fwd_cpu);
   m.impl("actnorm_invconv_bwd", &fastflow::actnorm_invconv_bwd_cpu);
+  m.impl("_fastmath", &fastflow::fastmath_cpu);
 }
 
 #ifdef FASTFLOW_WITH_CUDA

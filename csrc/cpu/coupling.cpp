@@ -12,6 +12,7 @@
 // log-determinant is reduced per chunk, the chunks' partial sums are stored, then summed per sample in a
 // fixed order: the result does not depend on the thread count.
 #include "../coupling.h"
+#include "fastmath.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,16 +28,6 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
-
-#define FF_INLINE inline __attribute__((always_inline))
-
-// Function multiversioning: one build runs the AVX-512 loop on machines that have it, AVX2+FMA on older
-// ones, SSE2 elsewhere. Only for x86-64 GCC (clang's target_clones does not accept arch= names).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FF_CLONES
-#endif
 
 namespace fastflow {
 
@@ -122,81 +113,15 @@ void check_coupling_bwd_args(const at::Tensor& grad_y, const at::Tensor& grad_lo
 }
 
 // ------------------------------------------------------------------------------------------------------
-// Elementwise math. Float versions are branch-free (selects only) so that the loops vectorise; accuracy is
-// 1-2 ulp over the ranges used here.
+// Elementwise math: exp / expm1 / log1p of fastmath.h (float: polynomial, so that the loops vectorise;
+// double: libm), and the scale functions built on them.
 
 namespace {
 
-FF_INLINE float from_bits(int32_t bits) { return __builtin_bit_cast(float, bits); }
-
-// exp(x) = 2^k·(1 + p) with x = k·ln2 + r, |r| <= ln2/2, p = expm1(r) = r + r²·Q(r) (Q: degree 4, fitted
-// near-minimax here; exp is within 1 ulp). Returns p and half = 2^(k−1), so that 2^k stays finite up to the
-// overflow threshold of exp; exp and expm1 share this.
-FF_INLINE void exp_parts(float x, float& p, float& half) {
-  x = std::min(std::max(x, -86.6f), 88.72f);  // k in [-125, 128]: 2^(k−1) is a normal float
-  // Round-to-nearest by the 1.5·2^23 trick: vectorises, unlike nearbyint.
-  const float k = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
-  // Cody-Waite: ln2 split so that k·ln2_hi is exact.
-  const float r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
-  float q = 0.001362021081149578f;
-  q = q * r + 0.008372793905436993f;
-  q = q * r + 0.041672706604003906f;
-  q = q * r + 0.16666477918624878f;
-  q = q * r + 0.4999997019767761f;
-  p = r + r * r * q;
-  half = from_bits((static_cast<int32_t>(k) + 126) << 23);
-}
-
-FF_INLINE float exp_(float x) {
-  float p, half;
-  exp_parts(x, p, half);
-  const float value = 2.f * (half + half * p);
-  // Below -86.6 the result (< 2.5e-38) is flushed to 0; above the float range it is inf, as expf.
-  return x < -86.6f ? 0.f : x > 88.7228f ? __builtin_inff() : value;
-}
-
-// exp(x) for x <= 0 where a result below 2.5e-38 may stay 2.5e-38 (it is added to 1 or multiplied into
-// something finite): two selects fewer in the hottest loop.
-FF_INLINE float exp_nonpositive(float x) {
-  float p, half;
-  exp_parts(x, p, half);
-  return 2.f * (half + half * p);
-}
-
-// For x in [0, 40]: p itself when k = 0 (small x keeps full relative precision), else 2^k·p + (2^k − 1).
-FF_INLINE float expm1_(float x) {
-  float p, half;
-  exp_parts(x, p, half);
-  const float two_k = 2.f * half;
-  return two_k * p + (two_k - 1.f);
-}
-
-// log(1 + e) for e in [0, 1], given r = 1/(1 + e) (the caller needs it anyway): log(u) of u = 1 + e by
-// u = 2^k·m, m in [√½, √2], log1p(m − 1) = x − x²/2 + x³·P(x) (P: degree 7, fitted near-minimax on
-// [√½ − 1, √2 − 1], 1.2 ulp), plus (e − (u − 1))·r for the rounding of 1 + e (which is all of the result
-// when e is tiny). No division, so the loop stays on the FMA units.
-FF_INLINE float log1p_unit(float e, float r) {
-  const float u = 1.f + e;
-  const bool upper = u > 1.41421356f;
-  const float x = (upper ? 0.5f * u : u) - 1.f;  // exact (Sterbenz)
-  float poly = -0.06406231224536896f;
-  poly = poly * x + 0.12051301449537277f;
-  poly = poly * x - 0.13306918740272522f;
-  poly = poly * x + 0.14321132004261017f;
-  poly = poly * x - 0.16619718074798584f;
-  poly = poly * x + 0.19995002448558807f;
-  poly = poly * x - 0.2500080168247223f;
-  poly = poly * x + 0.3333342671394348f;
-  const float log_m = x - 0.5f * x * x + x * x * x * poly;
-  const float correction = (e - (u - 1.f)) * r;
-  // ln2 in two parts so that adding it keeps the result's last bits.
-  return (upper ? 0.693145752f : 0.f) + (log_m + ((upper ? 1.42860677e-6f : 0.f) + correction));
-}
-
-FF_INLINE double exp_(double x) { return std::exp(x); }
-FF_INLINE double expm1_(double x) { return std::expm1(x); }
-FF_INLINE double exp_nonpositive(double x) { return std::exp(x); }
-FF_INLINE double log1p_unit(double e, double) { return std::log1p(e); }
+using fastmath::exp_;
+using fastmath::exp_nonpositive;
+using fastmath::expm1_;
+using fastmath::log1p_unit;
 
 // The scale s = s(h_s) in the pieces each direction needs, with one division where possible. Sigmoid:
 // a = h + 2, e = exp(−|a|), r = 1/(1 + e), log s = min(a, 0) − log1p(e), s = (a >= 0 ? 1 : e)·r,
