@@ -6,15 +6,18 @@ inverse uses triangular solves), then makes one pass over the pixels with the cu
 ``fastflow::actnorm_invconv_fwd``: ``y = W'·x + b'`` per pixel. Its backward is the custom op
 ``fastflow::actnorm_invconv_bwd``, on the forward's backend; both come from the one declaration
 ``ACTNORM_INVCONV`` (``fastflow.ops.declaration``). Gradients reach the LU and ActNorm parameters through the
-``C×C`` algebra.
-The log-determinant ``±H·W·(Σ log_scale + Σ log|s|)`` is a sum of ``2C`` numbers on the device: no ``slogdet``,
-no ``.item()``, no host synchronisation.
+``C×C`` algebra. The log-determinant ``±H·W·(Σ log_scale + Σ log|s|)`` is a sum of ``2C`` numbers on the
+device: no ``slogdet``, no ``.item()``, no host synchronisation.
 
 Kernel contract (shared by every backend):
 
 - ``actnorm_invconv_fwd(x [B, C, H, W], weight [C, C], bias [C]) -> y [B, C, H, W]``: ``x`` any strides and a
   float dtype; ``weight``/``bias`` contiguous, float32 (float64 when ``x`` is float64); ``y`` contiguous in the
-  dtype of ``x``, computed in float32 (float64).
+  dtype of ``x``, accumulated in float32 (float64). The products are those of the plain ``conv2d`` the reference
+  calls: the CPU kernel multiplies in float32 (float64); the Triton kernels multiply 16-bit inputs with the
+  weight rounded to their dtype, as ``conv2d(x, W.to(x.dtype))`` does, and float32 inputs in TF32 where cuDNN
+  would (``torch.backends.cudnn.allow_tf32``, PyTorch's default for convolutions) and ``C ≥ 64``, where the op
+  is compute-bound (``kernels/actnorm_invconv.py``), else in IEEE float32.
 - ``actnorm_invconv_bwd(grad_y, x, weight) -> (grad_x, grad_weight, grad_bias)``: ``grad_x = Wᵀ·g`` contiguous
   in the dtype of ``x``; ``grad_weight = Σ_{b,p} g·xᵀ`` ``[C, C]`` and ``grad_bias = Σ_{b,p} g`` ``[C]`` in the
   dtype of ``weight``, accumulated in float32 (float64).

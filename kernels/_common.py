@@ -1,0 +1,45 @@
+"""Host-side helpers that every Triton kernel module of fastflow shares: interpreter detection, the SM count of a
+GPU, and the autotuning spaces' factory.
+
+Nothing here is a kernel; the kernel modules (``coupling``, ``actnorm_invconv``) import it so that none of them
+keeps its own copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable
+
+import torch
+import triton
+
+#: True when Triton runs kernels through its interpreter (``TRITON_INTERPRET``, read once, at import: Triton
+#: itself reads it when it is first imported, so a later change would not take effect anyway).
+INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (cached per GPU); 1 for a CPU tensor (the interpreter).
+
+    The launchers size their grids in programs per SM: on the CPU one "SM" keeps the interpreter's grids small.
+    """
+    if device.type != "cuda":
+        return 1
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def autotune_configs(space: Iterable[triton.Config], interpreted: dict[str, int]) -> list[triton.Config]:
+    """The autotuning space ``space`` on a GPU; under the interpreter the single config ``interpreted``.
+
+    The interpreter would run every config of a space at every new key (slowly, and to no purpose: timings of
+    the interpreter say nothing), so it gets one small config, one warp.
+    """
+    if INTERPRETED:
+        return [triton.Config(dict(interpreted), num_warps=1)]
+    return list(space)
