@@ -1,12 +1,15 @@
-"""Benchmark cases of Glow's ActNorm + invertible 1×1 convolution, of its log-determinant, and of a Glow step.
+"""Benchmark cases of Glow's ActNorm + invertible 1×1 convolution, of the LU-parametrised layer, and of a Glow step.
 
 - ``actnorm_invconv``: ``fastflow.ops.actnorm_invconv`` (ActNorm folded into the LU 1×1 convolution, one pass
   over the pixels) against the reference as a user writes it (ActNorm, then ``conv2d`` with ``W`` built from
   the LU parameters). Shapes are Glow's: the acceptance ones (``--quick``) are ``B=64, C=12, 32×32`` and
   ``B=64, C=48, 16×16`` in float32; ``C=512`` is the compute-bound end.
-- ``invconv_logdet``: ``log|det W|`` of the ``C×C`` weight, for ``C`` in 12…512: ``torch.linalg.slogdet`` of a
-  plain weight (what a Glow without the LU parametrisation pays on every call, an LU factorisation and, in the
-  backward, an inverse) against ``Σ log|s|`` of the LU parametrisation (provider ``lu``).
+- ``invconv``: what the LU parametrisation saves a user, layer against layer: ``fastflow.nn.InvConv1x1(C,
+  lu=True)`` (``W`` built from the LU parameters on every call, ``log|det W| = Σ log|s|``, the inverse by
+  triangular solves, the pixels by fastflow's op) against ``InvConv1x1(C, lu=False)`` (a plain weight:
+  ``torch.linalg.slogdet`` on every call and, for the inverse, ``torch.linalg.inv``; its backward goes through
+  both). Each direction (``forward``, ``inverse``) is a case of its own, for Glow's ``C`` in 12…512; see
+  :func:`invconv_cases` for the shapes and the providers.
 
 A Glow training step is in ``bench_glow.py``.
 """
@@ -17,9 +20,12 @@ import functools
 import math
 
 import torch
+from torch import nn
 
+import fastflow
 from bench.harness import Case, register
 from fastflow import ops
+from fastflow.nn import InvConv1x1
 from fastflow.reference import actnorm_invconv as reference
 
 _SHORT = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16", torch.float64: "f64"}
@@ -111,38 +117,105 @@ def actnorm_invconv_cases(device: torch.device) -> list[Case]:
 
 
 # --------------------------------------------------------------------------------------------------
-# invconv_logdet
+# invconv: the LU layer against the plain-weight layer
 
 
-def _logdet_inputs(channels, device, dtype, generator) -> dict[str, torch.Tensor]:
-    params = _lu_parameters(channels, device, torch.Generator().manual_seed(channels))
-    weight = reference.lu_weight(params["lower"], params["upper"], params["log_s"], perm=params["perm"],
-                                 sign_s=params["sign_s"])
-    return {"weight": weight.to(dtype), "log_s": params["log_s"].to(dtype)}
+class _Direction(nn.Module):
+    """``layer(x)`` or ``layer.inverse(x)`` as a module's forward, so that ``functional_call`` can run either."""
+
+    def __init__(self, layer: InvConv1x1, inverse: bool):
+        super().__init__()
+        self.layer, self.inverse = layer, inverse
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layer.inverse(x) if self.inverse else self.layer(x)
 
 
-def _slogdet(weight: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.slogdet(weight)[1]
+@functools.cache
+def _invconv_layers(channels: int, inverse: bool, device: str) -> tuple[_Direction, _Direction]:
+    """``(LU layer, plain layer)`` computing the same map: the plain weight is the LU layer's ``W``."""
+    torch.manual_seed(channels)
+    lu_layer = InvConv1x1(channels, lu=True)
+    plain_layer = InvConv1x1(channels, lu=False)
+    with torch.no_grad():
+        plain_layer.weight.copy_(lu_layer.matrix())
+    return _Direction(lu_layer, inverse).to(device), _Direction(plain_layer, inverse).to(device)
 
 
-def _lu_logdet(weight: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
-    return reference.logdet(None, log_s, 1, 1, log_s.dtype)
+def _invconv_inputs(shape, inverse, device, dtype, generator) -> dict[str, torch.Tensor]:
+    lu_layer, plain_layer = _invconv_layers(shape[1], inverse, str(device))
+    # Parameters are inputs (functional_call), so that every provider computes their gradients as in training.
+    params = {name.removeprefix("layer."): p.detach().clone() for name, p in lu_layer.named_parameters()}
+    params["weight"] = plain_layer.layer.weight.detach().clone()
+    return {"x": torch.randn(shape, device=device, dtype=dtype, generator=generator), **params}
 
 
-LOGDET_CHANNELS = (12, 48, 96, 192, 384, 512)
+def _lu_layer_call(inverse, x, lower, upper, log_s, weight):
+    lu_layer, _ = _invconv_layers(x.shape[1], inverse, str(x.device))
+    params = {"layer.lower": lower, "layer.upper": upper, "layer.log_s": log_s}
+    return torch.func.functional_call(lu_layer, params, (x,))
 
 
-@register("invconv_logdet")
-def invconv_logdet_cases(device: torch.device) -> list[Case]:
+def _plain_layer_call(inverse, x, lower, upper, log_s, weight):
+    _, plain_layer = _invconv_layers(x.shape[1], inverse, str(x.device))
+    return torch.func.functional_call(plain_layer, {"layer.weight": weight}, (x,))
+
+
+def invconv_bytes(shape: tuple[int, int, int, int], dtype: torch.dtype) -> dict:
+    """As :func:`actnorm_invconv_bytes` (the pixels: ``2N·e`` fwd, ``3N·e`` bwd); the ``C×C`` parameters and
+    their gradients (``C²`` to ``2C² + C`` numbers, depending on the provider) are not counted."""
+    return actnorm_invconv_bytes(shape, dtype)
+
+
+def _reference_backend():
+    return fastflow.set_backend("reference")
+
+
+def make_invconv_case(shape, inverse: bool, *, quick: bool = False) -> Case:
+    direction = "inverse" if inverse else "forward"
+    lu_call = functools.partial(_lu_layer_call, inverse)
+    return Case(
+        op="invconv",
+        name=f"{direction}-B{shape[0]}xC{shape[1]}x{shape[2]}x{shape[3]}-f32",
+        make_inputs=functools.partial(_invconv_inputs, shape, inverse),
+        fns={"reference": functools.partial(_plain_layer_call, inverse), "fastflow": lu_call, "lu-reference": lu_call},
+        bytes=invconv_bytes(shape, torch.float32),
+        flops=actnorm_invconv_flops(shape),
+        quick=quick,
+        params={"shape": list(shape), "direction": direction, "reference": "InvConv1x1(C, lu=False)",
+                "fastflow": "InvConv1x1(C, lu=True)"},
+        contexts={"lu-reference": _reference_backend},
+        uses=("actnorm_invconv",),
+    )
+
+
+# (C, side): the spatial size a multi-scale Glow on 256×256 images (CelebA-HQ, 6 levels) has at that width —
+# level L has C = 3·4^L/2^(L−1) channels at side 256/2^L (12 at 128², 48 at 32², ... 384 at 4²); C = 512 (wider
+# than any of its steps: Glow's hidden width) at that deepest 4×4.
+INVCONV_SHAPES = ((12, 128), (48, 32), (96, 16), (192, 8), (384, 4), (512, 4))
+INVCONV_BATCH = 16
+
+
+@register("invconv")
+def invconv_cases(device: torch.device) -> list[Case]:
+    """The LU layer against the plain-weight layer, for each direction, at Glow's widths and pixel counts.
+
+    Shapes: batch 16 (a GPU-sized Glow batch on 256×256 images; the layer's cost per example is what matters)
+    at the spatial size each width has in a 6-level Glow on 256×256 images (:data:`INVCONV_SHAPES`). These
+    are realistic pixel counts, so the comparison includes the per-pixel product that both layers pay and does
+    not overstate the gain of the ``C×C`` algebra (``slogdet``, ``inv`` and their backward against building
+    ``W = P·L·U``, ``Σ log|s|`` and two triangular solves): the pixels dominate at ``C = 12`` (``128²``), the
+    algebra at ``C = 512`` (``4²``), where building ``W`` is itself a ``C³`` product and the LU layer's forward
+    need not be cheaper than ``slogdet``.
+
+    Providers: ``reference`` is the plain-weight layer in eager PyTorch (what a Glow without the LU
+    parametrisation runs), ``compile`` its ``torch.compile``; ``cpu``/``triton``/``cuda`` the LU layer under that
+    fastflow backend, ``fastflow+compile`` the LU layer compiled (automatic backend); ``lu-reference`` the LU
+    layer in plain PyTorch (``fastflow.set_backend("reference")``: the parametrisation's gain without the fused
+    kernel).
+    """
     return [
-        Case(
-            op="invconv_logdet",
-            name=f"C{channels}-f32",
-            make_inputs=functools.partial(_logdet_inputs, channels),
-            fns={"reference": _slogdet, "lu": _lu_logdet},
-            bytes={},
-            quick=channels in (12, 512),
-            params={"channels": channels},
-        )
-        for channels in LOGDET_CHANNELS
+        make_invconv_case((INVCONV_BATCH, channels, side, side), inverse, quick=channels in (12, 512))
+        for channels, side in INVCONV_SHAPES
+        for inverse in (False, True)
     ]

@@ -4,21 +4,27 @@ An op joins the suite by a module ``bench/bench_<op>.py`` that registers a funct
 :class:`Case` objects for a device (``@register("<op>")``); nothing here knows about any op. For each case
 the runner times every provider in every mode:
 
-- providers: ``reference`` (the eager plain-PyTorch spec), ``compile`` (``torch.compile`` of that reference,
-  compiled and warmed up before timing, one compile per shape), one provider per fastflow backend (``cpu``,
-  ``triton``, ``cuda``: the case's ``fastflow`` function under ``fastflow.set_backend(name)``), and any extra
-  provider the case declares (e.g. ``cudnn``). A provider that cannot run a case is skipped with its reason.
+- providers: ``reference`` (the eager plain-PyTorch baseline: the fastest plain version a user writes for the
+  same result), ``compile`` (``torch.compile`` of that reference, compiled and warmed up before timing, one
+  compile per shape), one provider per fastflow backend (``cpu``, ``triton``, ``cuda``: the case's ``fastflow``
+  function under ``fastflow.set_backend(name)``), ``fastflow+compile`` (``torch.compile`` of the ``fastflow``
+  function under the automatic backend choice: what a user who compiles everything gets), and any extra
+  provider the case declares (e.g. ``cudnn``, ``plain``). A provider that cannot run a case is skipped with its
+  reason; one that fails (a case that does not compile) is recorded with its error and the run goes on.
 - modes: ``fwd`` (the op, its graph recorded as in training), ``bwd`` (the backward alone, of a graph built
-  before the timed region and kept with ``retain_graph``), ``full`` (forward then backward).
+  before the timed region and kept with ``retain_graph``), ``full`` (forward then backward). A case names the
+  modes in which the fastflow providers do no work at all (``Case.work_free``): they are timed, but get no
+  speed-up and no GB/s ("n/a" in the reports).
 
 Timing: warm-up, then many samples of ``inner`` back-to-back calls each (``time.perf_counter`` on CPU, CUDA
-events on GPU); the median and the 20th/80th percentiles of the per-call time are reported. On GPU the
-inputs rotate among several sets when one set fits in L2, so that a call does not read what the previous
-call left in cache. Achieved GB/s come from each case's explicit byte count and are compared with the copy
-bandwidth measured in the same run; TFLOP/s (for cases that count FLOPs) with the measured matmul rate.
-Peak memory is the largest amount of memory allocated during one measured call above what was live before
-it: ``torch.cuda.max_memory_allocated`` on GPU, the CPU allocator's events seen by ``torch.profiler`` on CPU.
-Nothing here asserts on speed.
+events on GPU); the median and the 20th/80th percentiles of the per-call time are reported. The inputs
+rotate among several sets, so that together they exceed 3x the cache that would otherwise hold them (L2 on
+GPU, the last-level cache on CPU; at most 16 sets) and a call does not read what the previous call left in
+cache. Achieved GB/s come from each case's explicit byte count and are compared with the copy bandwidth
+measured in the same run (a figure above it is flagged: its data came from cache); TFLOP/s (for cases that
+count FLOPs) with the measured matmul rate. Peak memory is the largest amount of memory allocated during one
+measured call above what was live before it: ``torch.cuda.max_memory_allocated`` on GPU, the CPU allocator's
+events seen by ``torch.profiler`` on CPU. Nothing here asserts on speed.
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ from fastflow import _backends
 MODES: tuple[str, ...] = ("fwd", "bwd", "full")
 BACKEND_PROVIDERS: tuple[str, ...] = ("cpu", "triton", "cuda")
 BASE_PROVIDERS: tuple[str, ...] = ("reference", "compile")
+FASTFLOW_COMPILE = "fastflow+compile"
+# The providers that run fastflow's own code: a mode in which it does no work gives them no speed-up.
+FASTFLOW_PROVIDERS: tuple[str, ...] = BACKEND_PROVIDERS + (FASTFLOW_COMPILE,)
+ALL_PROVIDERS: tuple[str, ...] = BASE_PROVIDERS + FASTFLOW_PROVIDERS
 
 # Kineto prints two lines each time the profiler (peak memory on CPU) starts and stops; it reads this lazily.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
@@ -69,8 +79,9 @@ class Case:
             provider function. Floating tensors become leaves that require grad (views are fine: they stay
             views, as a conditioner's output slices do).
         fns: provider kind -> function of the inputs returning a tensor or a tuple of tensors. ``"reference"``
-            (required) is the eager spec and is also compiled for ``compile``; ``"fastflow"`` is run under
-            each available fastflow backend; any other key is a provider of its own (e.g. ``"cudnn"``).
+            (required) is the eager baseline, the fastest plain PyTorch a user writes for the same result, and
+            is also compiled for ``compile``; ``"fastflow"`` is run under each available fastflow backend and
+            compiled for ``fastflow+compile``; any other key is a provider of its own (e.g. ``"cudnn"``).
         bytes: mode -> minimum bytes moved by one call (each input read once, each output written once), or
             None where no meaningful count exists; the formula is stated where the case is declared.
         flops: mode -> floating-point operations of one call, or None (memory-bound ops).
@@ -83,6 +94,9 @@ class Case:
             case forces ``fastflow.set_backend("reference")`` there, so that its baseline is plain PyTorch.
         uses: the fastflow ops a model-level case calls (a backend provider runs it when it runs them all);
             empty: the case's own ``op``.
+        work_free: mode -> why the fastflow providers do no work in that mode (e.g. the additive coupling's
+            backward, whose gradients are the incoming one and a slice of it): they are still timed, but get
+            neither speed-ups nor GB/s, and the reports show "n/a" with the reason.
     """
 
     op: str
@@ -97,6 +111,12 @@ class Case:
     why_not: Callable[[str, torch.device], str | None] | None = None
     contexts: Mapping[str, Callable[[], object]] = field(default_factory=dict)
     uses: tuple[str, ...] = ()
+    work_free: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.work_free) - set(MODES)
+        if unknown:
+            raise ValueError(f"{self.op}/{self.name}: work_free names unknown modes {sorted(unknown)}")
 
     @property
     def id(self) -> str:
@@ -159,13 +179,35 @@ def default_device() -> torch.device:
 def provider_names(case: Case) -> list[str]:
     names = list(BASE_PROVIDERS)
     if "fastflow" in case.fns:
-        names += BACKEND_PROVIDERS
+        names += FASTFLOW_PROVIDERS
     names += [kind for kind in case.fns if kind not in ("reference", "fastflow")]
     return names
 
 
+def _registered_ops() -> set[str]:
+    return set(_backends.OPS)
+
+
+def automatic_backends(case: Case, device: torch.device) -> dict[str, str]:
+    """op -> the backend the automatic choice runs it on, for the ops ``case`` uses (no forced backend)."""
+    with fastflow.set_backend("auto"):
+        return {op: _backends.select(op, device, case.dtype) for op in case.uses or (case.op,)}
+
+
 def why_not(case: Case, provider: str, device: torch.device) -> str | None:
     """Why ``provider`` cannot run ``case`` on ``device``, or None."""
+    if provider == FASTFLOW_COMPILE:
+        if "fastflow" not in case.fns:
+            return f"{case.op} has no fastflow function"
+        try:
+            chosen = automatic_backends(case, device)
+        except Exception as error:  # the selection itself failed: say so rather than time something else
+            return f"the automatic backend choice failed: {_error(error)}"
+        fallback = sorted(op for op, backend in chosen.items() if backend == "reference")
+        if fallback:
+            # Nothing of fastflow's would be compiled, only its plain-PyTorch fallback: that is `compile`.
+            return f"the automatic choice runs the plain reference for {', '.join(fallback)} here"
+        return None
     if provider in BACKEND_PROVIDERS:
         if "fastflow" not in case.fns:
             return f"{case.op} has no fastflow function"
@@ -183,8 +225,9 @@ def why_not(case: Case, provider: str, device: torch.device) -> str | None:
     return case.why_not(provider, device) if case.why_not else None
 
 
-# One compiled function per case (its shape), built once and shared by the modes and by pytest.
-_COMPILED: dict[tuple[str, str], Callable] = {}
+# One compiled function per case (its shape) and compiled provider, built once and shared by the modes and by
+# pytest.
+_COMPILED: dict[tuple[str, str, str], Callable] = {}
 
 
 def _configure_dynamo() -> None:
@@ -199,18 +242,44 @@ def _configure_dynamo() -> None:
         dynamo_config.fail_on_recompile_limit_hit = True
 
 
+def _compile_with_own_cache(fn: Callable) -> Callable:
+    """``torch.compile(fn, dynamic=False)`` whose dynamo cache entries are its own.
+
+    fastflow's ops make the requested backend a constant of the traced graph, and dynamo keys its cache on the
+    code object and the backend, not on that constant: a plain second ``torch.compile`` of the same Python
+    function (a model-level case's ``reference`` and ``fastflow`` are one function) would be handed the graph
+    that ``compile`` traced under the forced reference. A ``name`` (it changes nothing in the generated code)
+    makes the inductor backend compare unequal; a torch without ``name`` gets an inductor backend object of its
+    own, which dynamo tells apart as well.
+    """
+    try:
+        return torch.compile(fn, dynamic=False, name=FASTFLOW_COMPILE)
+    except TypeError:
+        from torch._inductor.compile_fx import compile_fx
+
+        def inductor(graph, example_inputs):
+            return compile_fx(graph, example_inputs)
+
+        return torch.compile(fn, dynamic=False, backend=inductor)
+
+
 def provider_fn(case: Case, provider: str, device: torch.device) -> tuple[Callable, Callable[[], object]]:
     """``(function, context factory)`` running ``case`` with ``provider``; the context must wrap the
     backward too (the backend is chosen when the backward runs)."""
     context = case.contexts.get(provider, contextlib.nullcontext)
     if provider == "reference":
         return case.fns["reference"], context
-    if provider == "compile":
-        key = (case.id, str(device))
+    if provider in ("compile", FASTFLOW_COMPILE):
+        key = (case.id, provider, str(device))
         if key not in _COMPILED:
             _configure_dynamo()
-            _COMPILED[key] = torch.compile(case.fns["reference"], dynamic=False)
-        return _COMPILED[key], context
+            if provider == "compile":
+                _COMPILED[key] = torch.compile(case.fns["reference"], dynamic=False)
+            else:
+                _COMPILED[key] = _compile_with_own_cache(case.fns["fastflow"])
+        if provider == "compile":
+            return _COMPILED[key], context
+        return _COMPILED[key], lambda: fastflow.set_backend("auto")
     if provider in BACKEND_PROVIDERS:
         return case.fns["fastflow"], lambda: fastflow.set_backend(provider)
     return case.fns[provider], context
@@ -274,23 +343,59 @@ def _make_call(fn: Callable, inputs: dict[str, Tensor], mode: str, seed: int) ->
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _l2_bytes(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 0
-    return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20))
+CPU_CACHE_FALLBACK_BYTES = 32 * 2**20  # when the OS does not say: a server part's L3 is 32 MiB or more
+MAX_INPUT_SETS = 16
+
+
+def _size_bytes(text: str) -> int:
+    """``"307200K"`` / ``"2048K"`` / ``"32M"`` (sysfs) -> bytes."""
+    text = text.strip().upper()
+    factor = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * factor
+
+
+def cpu_last_level_cache_bytes() -> tuple[int, str]:
+    """``(bytes, source)`` of the CPU's last-level data cache: sysfs, else ``sysconf``, else a fallback constant.
+
+    The size is that of one cache instance (e.g. one L3 that all cores of a socket share), as sysfs reports it.
+    """
+    best: tuple[int, int] = (0, 0)  # (level, bytes)
+    with contextlib.suppress(OSError, ValueError):
+        for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+            if (index / "type").read_text().strip() not in ("Data", "Unified"):
+                continue
+            level = int((index / "level").read_text())
+            size = _size_bytes((index / "size").read_text())
+            best = max(best, (level, size))
+    if best[1]:
+        return best[1], f"sysfs L{best[0]}"
+    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        with contextlib.suppress(ValueError, OSError):
+            size = os.sysconf(name)
+            if size > 0:
+                return size, f"sysconf {name}"
+    return CPU_CACHE_FALLBACK_BYTES, "fallback constant"
+
+
+def cache_bytes(device: torch.device) -> int:
+    """The cache that would keep one call's inputs for the next: L2 on GPU, the last-level cache on CPU."""
+    if device.type == "cuda":
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20))
+    return cpu_last_level_cache_bytes()[0]
 
 
 def input_sets_needed(case: Case, device: torch.device) -> int:
-    """How many input sets to rotate among so that one call's inputs are not in L2 from the previous call.
+    """How many input sets to rotate among so that one call's inputs are not in cache from the previous call.
 
-    GPU only: on CPU the caches (and, for these sizes, the last-level cache) hold the inputs as they would
-    after the conditioner wrote them, which is the situation of a real layer.
+    The sets together cover at least 3x the cache (:func:`cache_bytes`), within ``MAX_INPUT_SETS``. Where the
+    cap binds (a CPU whose L3 holds 16 working sets), the data can still come from cache: the achieved
+    bandwidth then exceeds the measured copy bandwidth, and the reports flag it.
     """
-    l2 = _l2_bytes(device)
+    cache = cache_bytes(device)
     working_set = max((value for value in case.bytes.values() if value), default=0)
-    if not l2 or not working_set:
+    if not cache or not working_set:
         return 1
-    return max(1, min(16, math.ceil(3 * l2 / working_set)))
+    return max(1, min(MAX_INPUT_SETS, math.ceil(3 * cache / working_set)))
 
 
 def prepare(
@@ -482,11 +587,26 @@ ROUNDS = 5  # the providers of one (case, mode) take turns, so that a change of 
 
 
 def _row(case: Case, provider: str, mode: str, device: torch.device) -> dict[str, object]:
-    return {
+    row = {
         "op": case.op, "case": case.name, "mode": mode, "provider": provider, "device": str(device),
         "dtype": dtype_name(case.dtype), "params": dict(case.params),
         "bytes": case.bytes.get(mode), "flops": case.flops.get(mode),
     }
+    if provider in FASTFLOW_PROVIDERS and mode in case.work_free:
+        row["work_free"] = case.work_free[mode]
+    return row
+
+
+def _backends_run(call: Callable[[], object], context: Callable[[], object]) -> list[str] | None:
+    """``["op:stage:backend", ...]`` that one call of fastflow's ops ran on, where ``fastflow._backends`` can
+    tell (its ``trace``), else None: shows, e.g., that ``fastflow+compile`` runs the fused kernels and that a
+    model-level ``reference`` runs none (an empty list)."""
+    trace = getattr(_backends, "trace", None)
+    if trace is None:
+        return None
+    with context(), trace() as calls:
+        call()
+    return sorted({":".join(entry) for entry in calls})
 
 
 def _error(error: Exception) -> str:
@@ -526,6 +646,10 @@ def run_group(
         ready[provider] = (prepared, call, inner, samples)
         rows[provider].update(prepare_s=prepared.prepare_s, first_call_s=first_s, input_sets=input_sets,
                               input_bytes=prepared.input_bytes)
+        with contextlib.suppress(Exception):  # informative only
+            ran = _backends_run(prepared.calls[0], prepared.context)
+            if ran is not None:
+                rows[provider]["backends_run"] = ran
     times: dict[str, list[float]] = {provider: [] for provider in ready}
     for round_index in range(ROUNDS):
         for provider, (prepared, call, inner, samples) in list(ready.items()):
@@ -541,9 +665,9 @@ def run_group(
         row = rows[provider]
         row.update(median_ms=timing.median_s * 1e3, p20_ms=timing.p20_s * 1e3, p80_ms=timing.p80_s * 1e3,
                    samples=timing.samples, inner=timing.inner)
-        if row["bytes"]:
+        if row["bytes"] and "work_free" not in row:
             row["gbps"] = row["bytes"] / timing.median_s / 1e9
-        if row["flops"]:
+        if row["flops"] and "work_free" not in row:
             row["tflops"] = row["flops"] / timing.median_s / 1e12
         if with_memory:
             with prepared.context():
@@ -556,14 +680,20 @@ def run_group(
 
 
 def add_ratios(rows: list[dict[str, object]], copy_gbps: float, matmul_tflops: Mapping[str, float]) -> None:
-    """Fraction of the copy bandwidth / matmul rate, and speed-ups against reference and compile."""
+    """Fraction of the copy bandwidth / matmul rate, and speed-ups against reference and compile.
+
+    A row above the copy bandwidth gets ``above_copy_bandwidth`` (its data came from cache); a work-free row
+    (``Case.work_free``) gets no speed-up: a path that does nothing is not faster, it is not comparable.
+    """
     medians = {(r["op"], r["case"], r["mode"], r["provider"]): r["median_ms"]
                for r in rows if "median_ms" in r}
     for row in rows:
-        if "median_ms" not in row:
+        if "median_ms" not in row or "work_free" in row:
             continue
         if "gbps" in row:
             row["copy_fraction"] = row["gbps"] / copy_gbps
+            if row["gbps"] > copy_gbps:
+                row["above_copy_bandwidth"] = True
         if "tflops" in row and row["dtype"] in matmul_tflops:
             row["matmul_fraction"] = row["tflops"] / matmul_tflops[row["dtype"]]
         for baseline in BASE_PROVIDERS:
@@ -602,6 +732,12 @@ def run(
     """Measure every case x provider x mode; return the results document (see :func:`write_results`)."""
     copy = copy_bandwidth(device, config)
     log(f"copy bandwidth: {copy['gbps']:.1f} GB/s ({copy['bytes'] / 2**20:.0f} MiB read + written)")
+    if device.type == "cpu":
+        llc, source = cpu_last_level_cache_bytes()
+        cache = {"bytes": llc, "source": source, "level": "last-level"}
+    else:
+        cache = {"bytes": cache_bytes(device), "source": "torch.cuda.get_device_properties", "level": "L2"}
+    log(f"cache the inputs rotate past: {cache['level']} {cache['bytes'] / 2**20:.1f} MiB ({cache['source']})")
     matmul = {}
     for dtype in sorted({case.dtype for case in cases if any(case.flops.values())}, key=str):
         matmul[dtype_name(dtype)] = matmul_rate(device, dtype, config)
@@ -614,9 +750,9 @@ def run(
             for row in run_group(case, mode, names, device, config):
                 rows.append(row)
                 if "median_ms" in row:
-                    log(f"  {case.id:52s} {mode:4s} {row['provider']:9s} {row['median_ms']:9.3f} ms")
+                    log(f"  {case.id:60s} {mode:4s} {row['provider']:16s} {row['median_ms']:9.3f} ms")
                 elif "error" in row:
-                    log(f"  {case.id:52s} {mode:4s} {row['provider']:9s} FAILED {row['error']}")
+                    log(f"  {case.id:60s} {mode:4s} {row['provider']:16s} FAILED {row['error']}")
     add_ratios(rows, copy["gbps"], matmul)
     slug, name = device_description(device)
     return {
@@ -629,11 +765,14 @@ def run(
         # Timings on a shared machine are only as good as its quietness: the 1-minute load, before and after.
         "load_average": [load_before, os.getloadavg()[0]],
         "copy_bandwidth": copy,
+        "cache": cache,
+        "max_input_sets": MAX_INPUT_SETS,
+        "fastflow_backend_env": os.environ.get("FASTFLOW_BACKEND"),
         "matmul_tflops": matmul,
         "timing": dataclasses.asdict(config),
         "backends": {op: {backend: _backends.why_not(backend, op, device, torch.float32) or "available"
                           for backend in _backends.BACKENDS}
-                     for op in sorted({op for case in cases for op in case.uses or (case.op,)} & set(_backends._OPS))},
+                     for op in sorted({op for case in cases for op in case.uses or (case.op,)} & _registered_ops())},
         "results": rows,
     }
 

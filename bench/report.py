@@ -1,4 +1,9 @@
-"""Reports of a benchmark run: the JSON document, a markdown table and PNG plots next to it."""
+"""Reports of a benchmark run: the JSON document, a markdown table and PNG plots next to it.
+
+Two markers in the tables, each explained by a footnote: ``n/a†`` where the fastflow providers do no work
+(``Case.work_free``: a speed-up there would compare something with nothing), and ``‡`` on a bandwidth above
+the copy bandwidth measured in the same run (the data came from cache: the figure is suspect).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,11 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bench import dispatch
 from bench.harness import MODES
+
+NOT_APPLICABLE = "n/a†"
+ABOVE_COPY = "‡"
 
 COLUMNS = (
     "case", "mode", "provider", "median ms", "GB/s", "% of copy BW",
@@ -29,17 +38,51 @@ def table_rows(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, ...]]:
     for row in measured:
         fraction = row.get("copy_fraction")
         peak = row.get("peak_bytes")
+        if "work_free" in row:
+            gbps = percent = vs_reference = vs_compile = NOT_APPLICABLE
+        else:
+            flag = ABOVE_COPY if row.get("above_copy_bandwidth") else ""
+            gbps = _number(row.get("gbps"), ".1f") + (flag if "gbps" in row else "")
+            percent = _number(None if fraction is None else 100 * fraction, ".0f") + (flag if fraction else "")
+            vs_reference = _number(row.get("speedup_vs_reference"), ".2f")
+            vs_compile = _number(row.get("speedup_vs_compile"), ".2f")
         lines.append((
             f"{row['op']}/{row['case']}",
             row["mode"],
             row["provider"],
             _number(row["median_ms"], ".3f"),
-            _number(row.get("gbps"), ".1f"),
-            _number(None if fraction is None else 100 * fraction, ".0f"),
-            _number(row.get("speedup_vs_reference"), ".2f"),
-            _number(row.get("speedup_vs_compile"), ".2f"),
+            gbps,
+            percent,
+            vs_reference,
+            vs_compile,
             _number(None if peak is None else peak / 2**20, ".1f"),
         ))
+    return lines
+
+
+def footnotes(document: Mapping[str, object]) -> list[str]:
+    """The explanations of the markers that the table uses (none if it uses none)."""
+    rows = [row for row in document["results"] if "median_ms" in row]
+    lines = []
+    work_free: dict[str, list[str]] = {}
+    for row in rows:
+        if "work_free" in row:
+            names = work_free.setdefault(str(row["work_free"]), [])
+            label = f"{row['op']}/{row['case']} {row['mode']}"
+            if label not in names:
+                names.append(label)
+    for reason, labels in work_free.items():
+        lines.append(f"{NOT_APPLICABLE[-1]} n/a: the fastflow providers do no work in {', '.join(labels)}: {reason}. "
+                     "Their time is shown, but a speed-up or a bandwidth of doing nothing means nothing.")
+    if any(row.get("above_copy_bandwidth") for row in rows):
+        copy = document["copy_bandwidth"]["gbps"]
+        cache = document.get("cache") or {}
+        where = ""
+        if cache.get("bytes"):
+            where = (f" (the inputs rotated among at most {document.get('max_input_sets', '?')} sets; "
+                     f"the {cache.get('level', '')} cache holds {cache['bytes'] / 2**20:.0f} MiB)")
+        lines.append(f"{ABOVE_COPY} above the copy bandwidth measured in this run ({copy:.1f} GB/s): the data came "
+                     f"from cache, not memory{where}, so this figure is suspect as a bandwidth.")
     return lines
 
 
@@ -83,9 +126,14 @@ def markdown(document: Mapping[str, object]) -> str:
     lines.append("| " + " | ".join(COLUMNS) + " |")
     lines.append("|" + "|".join("---" if index < 3 else "---:" for index in range(len(COLUMNS))) + "|")
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(document["results"])]
+    notes = footnotes(document)
+    if notes:
+        lines += [""] + [line for note in notes for line in (note, "")][:-1]
     missing = not_measured(document["results"])
     if missing:
         lines += ["", "Not measured:", ""] + [f"- {line}" for line in missing]
+    if document.get("dispatch"):
+        lines += ["", dispatch.markdown(document["dispatch"]).rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -96,8 +144,12 @@ def plain_table(document: Mapping[str, object]) -> str:
                        for index, (cell, width) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    notes = footnotes(document)
     missing = not_measured(document["results"])
-    return "\n".join(lines + ([""] + missing if missing else []))
+    lines += ([""] + notes if notes else []) + ([""] + missing if missing else [])
+    if document.get("dispatch"):
+        lines += ["", dispatch.plain(document["dispatch"])]
+    return "\n".join(lines)
 
 
 def plot(document: Mapping[str, object], path_stem: Path) -> list[Path]:
@@ -122,10 +174,17 @@ def plot(document: Mapping[str, object], path_stem: Path) -> list[Path]:
                                                                             "speed-up vs reference"))):
                 axis = axes[metric_row][column]
                 for index, provider in enumerate(providers):
-                    values = [by_key.get((name, provider), {}).get(metric) or 0.0 for name in case_names]
+                    cells = [by_key.get((name, provider), {}) for name in case_names]
+                    values = [cell.get(metric) or 0.0 for cell in cells]
                     offset = (index - (len(providers) - 1) / 2) * width
                     positions = [position + offset for position in range(len(case_names))]
                     axis.barh(positions, values, height=width, label=provider)
+                    for position, value, cell in zip(positions, values, cells, strict=True):
+                        # No bar for a path that does no work, a marker on a bandwidth that came from cache.
+                        if "work_free" in cell:
+                            axis.text(0, position, f" n/a ({provider})", va="center", fontsize=6)
+                        elif metric == "gbps" and cell.get("above_copy_bandwidth"):
+                            axis.text(value, position, f" {ABOVE_COPY}", va="center", fontsize=6)
                 if metric == "gbps":
                     axis.axvline(document["copy_bandwidth"]["gbps"], color="k", linestyle="--", linewidth=1,
                                  label="copy")
@@ -136,7 +195,10 @@ def plot(document: Mapping[str, object], path_stem: Path) -> list[Path]:
                 axis.set_title(f"{op} {mode}: {label}", fontsize=9)
                 axis.invert_yaxis()
         axes[0][0].legend(fontsize=7)
-        figure.suptitle(f"{document['device_name']} {document['date']}", fontsize=9)
+        title = f"{document['device_name']} {document['date']}"
+        if any(row.get("above_copy_bandwidth") for row in op_rows):
+            title += f"   {ABOVE_COPY}: above the copy bandwidth (data from cache)"
+        figure.suptitle(title, fontsize=9)
         figure.tight_layout()
         path = path_stem.with_name(f"{path_stem.name}-{op}.png")
         figure.savefig(path, dpi=110)

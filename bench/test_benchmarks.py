@@ -1,7 +1,8 @@
 """The registered benchmark cases through pytest-benchmark: one test per case x provider x mode.
 
 Unavailable providers are skipped with their reason. Speed is never asserted: the byte count and the
-achieved GB/s go to ``extra_info`` (shown by ``--benchmark-json``), nothing else.
+achieved GB/s go to ``extra_info`` (shown by ``--benchmark-json``), nothing else; where the provider does no
+work (``Case.work_free``) the reason goes there instead of a bandwidth.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ def test_benchmark(benchmark, case: harness.Case, provider: str, mode: str) -> N
         harness.warm_up(call, DEVICE, harness.QUICK_TIMING)  # compiles (compile) and autotunes (triton)
         benchmark.group = f"{case.id}-{mode}"
         benchmark.extra_info.update(bytes=case.bytes.get(mode), flops=case.flops.get(mode),
-                                    dtype=harness.dtype_name(case.dtype))
+                                    dtype=harness.dtype_name(case.dtype), input_sets=len(prepared.calls))
+        work_free = case.work_free.get(mode) if provider in harness.FASTFLOW_PROVIDERS else None
+        if work_free:
+            benchmark.extra_info["work_free"] = work_free
         benchmark(call)
     stats = getattr(benchmark, "stats", None)
     median = getattr(getattr(stats, "stats", None), "median", None)
-    if median and case.bytes.get(mode):
+    if median and case.bytes.get(mode) and not work_free:
         benchmark.extra_info["gbps"] = case.bytes[mode] / median / 1e9

@@ -63,7 +63,9 @@ class InvConv1x1(nn.Module):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must be [B, {self.num_channels}, H, W], got {got}")
 
-    def _lu_call(self, x: Tensor, log_scale: Tensor, bias: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _lu_call(
+        self, x: Tensor, log_scale: Tensor | None, bias: Tensor | None, inverse: bool
+    ) -> tuple[Tensor, Tensor]:
         return ops.actnorm_invconv(
             x, log_scale, bias, self.lower, self.upper, self.log_s, perm=self.perm, sign_s=self.sign_s,
             inverse=inverse,
@@ -80,12 +82,11 @@ class InvConv1x1(nn.Module):
         self._check(x)
         if not self.lu:
             return self._plain(x, inverse=False)
-        zeros = self.log_s.new_zeros(self.num_channels)
-        return self._lu_call(x, zeros, zeros, inverse=False)
+        # No ActNorm: None, not zeros, so that the plain reference makes no passes for an identity ActNorm.
+        return self._lu_call(x, None, None, inverse=False)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(y)
         if not self.lu:
             return self._plain(y, inverse=True)
-        zeros = self.log_s.new_zeros(self.num_channels)
-        return self._lu_call(y, zeros, zeros, inverse=True)
+        return self._lu_call(y, None, None, inverse=True)

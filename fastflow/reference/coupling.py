@@ -15,8 +15,18 @@ log-scale at ±c), and ``s = 1`` for the additive coupling of NICE. Masks:
   ``[B, D]``); ``flip=False`` transforms the odd positions. ``h_s`` and ``h_t`` cover the whole input and
   their pass-through positions are ignored.
 
-This is written the way a user would write it (``chunk``/``cat``, several passes): it is also the
-baseline the benchmarks compare against. Computation runs in the input dtype, the log-determinant is
+This is written the way a user would write it (``chunk``/``cat``, several passes), and as fast as the
+plainest such version: it is also the eager baseline the benchmarks compare against (``bench_coupling.py``
+times it beside that plain version). So the coupling computes ``s`` directly (``sigmoid(h + 2)``, or
+``exp(c·tanh(h/c))``), ``log s`` as ``log(s)``, and the inverse as ``(y_b − h_t)/s``: one elementwise pass
+each, where an ``exp`` of a ``logsigmoid`` costs two (and PyTorch's CPU ``logsigmoid`` alone costs about four
+sigmoids). That is exact to the rounding of ``s``: ``s`` has a relative error of a few ulp, so ``log s`` is
+within a few ``eps`` of the exact value (absolute, which is what the sum ``Σ log s`` sees; relative where
+``|log s| ≥ 1``) — wherever ``s`` is a normal number, i.e.
+``h + 2 > log(finfo.tiny)`` (about −87 in float32 and bfloat16, −708 in float64, −9.7 in float16); below,
+``s`` underflows and ``log s`` goes to −∞ (a scale under ``1e-38`` is no longer an invertible map in float32
+anyway). :func:`log_scale` and :func:`log_scale_derivative`, the specification the kernels are tested
+against, stay exact over the whole range. Computation runs in the input dtype, the log-determinant is
 accumulated in float32 (float64 for float64 inputs).
 """
 
@@ -44,11 +54,15 @@ def log_scale(raw_scale: torch.Tensor, scale: str = "sigmoid", clamp: float = CL
 
 
 def log_scale_derivative(raw_scale: torch.Tensor, scale: str = "sigmoid", clamp: float = CLAMP) -> torch.Tensor:
-    """``∂ log s / ∂h_s`` elementwise: ``1 − sigmoid(h + 2)`` or ``1 − tanh²(h / c)``."""
+    """``∂ log s / ∂h_s`` elementwise: ``1 − sigmoid(h + 2) = sigmoid(−(h + 2))`` or ``1 − tanh²(h/c) = 1/cosh²(h/c)``.
+
+    Both forms avoid the cancellation of ``1 − (something near 1)``: ``1 − tanh²`` is 0 from ``|h/c| ≈ 9``
+    (float32) on while ``1/cosh²`` keeps its digits until it underflows.
+    """
     if scale == "sigmoid":
         return torch.sigmoid(-(raw_scale + 2.0))
     if scale == "exp":
-        return 1.0 - torch.tanh(raw_scale / clamp) ** 2
+        return torch.cosh(raw_scale / clamp).square().reciprocal()
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
 
 
@@ -63,35 +77,53 @@ def checkerboard_mask(x: torch.Tensor, flip: bool) -> torch.Tensor:
     return parity == (0 if flip else 1)
 
 
-def _transform(x_b, log_s, shift, inverse):
-    if log_s is None:
+def _scale(raw_scale, scale, clamp):
+    """``(s, log s)`` as a user computes them (see the module docstring); ``log s`` is None where it is
+    ``log(s)``, which the caller takes once ``y`` is built, as the plain version does."""
+    if scale == "sigmoid":
+        return torch.sigmoid(raw_scale + 2.0), None
+    if scale == "exp":
+        log_s = clamp * torch.tanh(raw_scale / clamp)
+        return torch.exp(log_s), log_s
+    raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+
+
+def _transform(x_b, s, shift, inverse):
+    if s is None:
         return x_b - shift if inverse else x_b + shift
     if inverse:
-        return (x_b - shift) * torch.exp(-log_s)
-    return x_b * torch.exp(log_s) + shift
+        return (x_b - shift) / s
+    return x_b * s + shift
 
 
-def _coupling(x, log_s, shift, mask, flip, inverse):
-    batch = x.shape[0]
-    sign = -1.0 if inverse else 1.0
+def _coupling(x, raw_scale, shift, mask, flip, inverse, scale, clamp):
+    """``scale`` None: additive. The order of the steps is the plain version's (``chunk``, ``s``, ``y``,
+    ``log s``): autograd runs the backward nodes in the reverse order of their creation, and so keeps the same
+    tensors live at once."""
+    batch, acc = x.shape[0], accumulation_dtype(x.dtype)
+    if mask not in MASKS:
+        raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
     if mask == "channel":
         x_a, x_b = x.chunk(2, dim=1)
         if flip:
             x_a, x_b = x_b, x_a
-        y_b = _transform(x_b, log_s, shift, inverse)
+        s, log_s = (None, None) if scale is None else _scale(raw_scale, scale, clamp)
+        y_b = _transform(x_b, s, shift, inverse)
         y = torch.cat([y_b, x_a] if flip else [x_a, y_b], dim=1)
-        if log_s is None:
-            return y, x.new_zeros(batch, dtype=accumulation_dtype(x.dtype))
-        logdet = log_s.to(accumulation_dtype(x.dtype)).flatten(1).sum(1)
-        return y, sign * logdet
+        del y_b  # not live beside log(s): the plain version's peak memory
+        if s is None:
+            return y, x.new_zeros(batch, dtype=acc)
+        logdet = (torch.log(s) if log_s is None else log_s).flatten(1).sum(1, dtype=acc)
+        return y, -logdet if inverse else logdet
     if mask == "checkerboard":
         b = checkerboard_mask(x, flip)
-        y = torch.where(b, _transform(x, log_s, shift, inverse), x)
-        if log_s is None:
-            return y, x.new_zeros(batch, dtype=accumulation_dtype(x.dtype))
-        masked = torch.where(b, log_s.to(accumulation_dtype(x.dtype)), 0.0)
-        return y, sign * masked.flatten(1).sum(1)
-    raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+        s, log_s = (None, None) if scale is None else _scale(raw_scale, scale, clamp)
+        y = torch.where(b, _transform(x, s, shift, inverse), x)
+        if s is None:
+            return y, x.new_zeros(batch, dtype=acc)
+        log_s = torch.log(s) if log_s is None else log_s
+        logdet = torch.where(b, log_s.to(acc), 0.0).flatten(1).sum(1)
+        return y, -logdet if inverse else logdet
 
 
 def affine_coupling(
@@ -112,7 +144,9 @@ def affine_coupling(
         raw_scale, shift: ``h_s``, ``h_t`` from the conditioner: the transformed half (``mask="channel"``,
             ``[B, C/2, ...]``) or the whole input's shape (``mask="checkerboard"``).
     """
-    return _coupling(x, log_scale(raw_scale, scale, clamp), shift, mask, flip, inverse)
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    return _coupling(x, raw_scale, shift, mask, flip, inverse, scale, clamp)
 
 
 def additive_coupling(
@@ -124,7 +158,7 @@ def additive_coupling(
     inverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NICE's additive coupling ``y_b = x_b + h_t`` (or its inverse); ``log|det J| = 0``, shape ``[B]``."""
-    return _coupling(x, None, shift, mask, flip, inverse)
+    return _coupling(x, None, shift, mask, flip, inverse, None, CLAMP)
 
 
 def affine_coupling_backward(
@@ -146,7 +180,6 @@ def affine_coupling_backward(
     forward ``(g·s, d·(g·z·s + g_ld), g)``; inverse ``(g/s, −d·(g·z + g_ld), −g/s)`` on the transformed
     positions, ``(g, 0, 0)`` on the others. Tests check this against autograd through the reference.
     """
-    log_s = log_scale(raw_scale, scale, clamp)
     d = log_scale_derivative(raw_scale, scale, clamp)
     g_ld = grad_logdet.to(z.dtype).reshape(-1, *([1] * (z.dim() - 1)))
     if mask == "channel":
@@ -159,10 +192,14 @@ def affine_coupling_backward(
     else:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
     if inverse:
-        inv_s = torch.exp(-log_s)
+        # 1/s directly: 1 + exp(−(h + 2)) for the sigmoid (exact also where s is subnormal), exp(−log s) for exp.
+        if scale == "sigmoid":
+            inv_s = 1.0 + torch.exp(-(raw_scale + 2.0))
+        else:
+            inv_s = torch.exp(-log_scale(raw_scale, scale, clamp))
         grad_x_b, grad_raw, grad_shift = g_b * inv_s, -d * (g_b * z_b + g_ld), -g_b * inv_s
     else:
-        s = torch.exp(log_s)
+        s = torch.sigmoid(raw_scale + 2.0) if scale == "sigmoid" else torch.exp(log_scale(raw_scale, scale, clamp))
         grad_x_b, grad_raw, grad_shift = g_b * s, d * (g_b * z_b * s + g_ld), g_b
     if mask == "channel":
         grad_x = torch.cat([grad_x_b, g_a] if flip else [g_a, grad_x_b], dim=1)
