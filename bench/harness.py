@@ -597,14 +597,10 @@ def _row(case: Case, provider: str, mode: str, device: torch.device) -> dict[str
     return row
 
 
-def _backends_run(call: Callable[[], object], context: Callable[[], object]) -> list[str] | None:
-    """``["op:stage:backend", ...]`` that one call of fastflow's ops ran on, where ``fastflow._backends`` can
-    tell (its ``trace``), else None: shows, e.g., that ``fastflow+compile`` runs the fused kernels and that a
-    model-level ``reference`` runs none (an empty list)."""
-    trace = getattr(_backends, "trace", None)
-    if trace is None:
-        return None
-    with context(), trace() as calls:
+def _backends_run(call: Callable[[], object], context: Callable[[], object]) -> list[str]:
+    """``["op:stage:backend", ...]`` that one call of fastflow's ops ran on (``fastflow._backends.trace``): shows,
+    e.g., that ``fastflow+compile`` runs the fused kernels and that a model-level ``reference`` runs none."""
+    with context(), _backends.trace() as calls:
         call()
     return sorted({":".join(entry) for entry in calls})
 

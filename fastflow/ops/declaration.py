@@ -159,7 +159,10 @@ class Op:
         decl = self.stages[stage]
         arguments, returns = decl.schema.rsplit("->", 1)
         arguments = arguments.strip()
-        assert arguments.startswith("(") and arguments.endswith(")"), decl.schema
+        if not (arguments.startswith("(") and arguments.endswith(")")):
+            raise ValueError(
+                f"op {self.name!r}, stage {stage!r}: a schema reads '(args) -> returns', got {decl.schema!r}"
+            )
         inner = arguments[1:-1].strip()
         schema = f"({inner}{', ' if inner else ''}str backend) -> {returns.strip()}"
         is_entry = stage == self.entry
