@@ -116,11 +116,12 @@ def markdown(document: Mapping[str, object]) -> str:
     paragraphs += [f"matmul rate {dtype}: {rate:.2f} TFLOP/s" for dtype, rate in rates.items()]
     load = document.get("load_average")
     cpus = document.get("cpu_count") or 0
-    if load and cpus and max(load) > 0.5 * cpus:
+    # The load before the run says whether something else was running; the load after includes the run itself.
+    if load and cpus and load[0] > 0.5 * cpus:
         paragraphs.append(
-            f"**Warning**: the machine was busy (1-minute load {load[0]:.1f} before, {load[1]:.1f} after, "
-            f"{cpus} CPUs): absolute times are noisy; the providers of a case took turns, so their ratios "
-            "suffer less."
+            f"**Warning**: the machine was busy (1-minute load {load[0]:.1f} before the run, {load[1]:.1f} after "
+            f"it, itself included, {cpus} CPUs): absolute times are noisy; the providers of a case took turns, "
+            "so their ratios suffer less."
         )
     lines = [line for paragraph in paragraphs for line in (paragraph, "")]
     lines.append("| " + " | ".join(COLUMNS) + " |")
@@ -135,6 +136,48 @@ def markdown(document: Mapping[str, object]) -> str:
     if document.get("dispatch"):
         lines += ["", dispatch.markdown(document["dispatch"]).rstrip()]
     return "\n".join(lines) + "\n"
+
+
+# The compact tables (README): the providers a user chooses between, in this order, when measured.
+SUMMARY_PROVIDERS = ("reference", "plain", "lu-reference", "compile", "cpu", "cuda", "triton", "fastflow+compile")
+SUMMARY_RATIOS = (("cpu", "reference"), ("cpu", "compile"), ("triton", "reference"), ("triton", "compile"),
+                  ("fastflow+compile", "reference"), ("fastflow+compile", "compile"))
+
+
+def _summary_cell(row: Mapping[str, object] | None, copy_gbps: float) -> str:
+    if row is None:
+        return "—"
+    above = "gbps" in row and row["gbps"] > copy_gbps and not row.get("work_free")
+    return f"{row['median_ms']:.3f}{'‡' if above else ''}"
+
+
+def summary(document: Mapping[str, object]) -> str:
+    """One compact markdown table per op: median ms per provider and the speed-ups a user weighs (a work-free
+    mode's speed-ups read n/a†, a time whose bandwidth exceeds the copy bandwidth carries ‡)."""
+    measured = [row for row in document["results"] if "median_ms" in row]
+    copy_gbps = document["copy_bandwidth"]["gbps"]
+    by_key = {(row["op"], row["case"], row["mode"], row["provider"]): row for row in measured}
+    out = []
+    for op in dict.fromkeys(row["op"] for row in measured):
+        rows = [row for row in measured if row["op"] == op]
+        providers = [p for p in SUMMARY_PROVIDERS if any(row["provider"] == p for row in rows)]
+        ratios = [(a, b) for a, b in SUMMARY_RATIOS if a in providers and b in providers]
+        header = ["case", "mode"] + [f"{p} ms" for p in providers] + [f"{a} vs {b}" for a, b in ratios]
+        out += [f"**{op}**", "", "| " + " | ".join(header) + " |",
+                "|---|---|" + "---:|" * (len(header) - 2)]
+        for case, mode in dict.fromkeys((row["case"], row["mode"]) for row in rows):
+            cells = [case, mode] + [_summary_cell(by_key.get((op, case, mode, p)), copy_gbps) for p in providers]
+            for a, b in ratios:
+                fast, base = by_key.get((op, case, mode, a)), by_key.get((op, case, mode, b))
+                if fast is None or base is None:
+                    cells.append("—")
+                elif fast.get("work_free"):
+                    cells.append("n/a†")
+                else:
+                    cells.append(f"{base['median_ms'] / fast['median_ms']:.2f}×")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def plain_table(document: Mapping[str, object]) -> str:
@@ -208,10 +251,13 @@ def plot(document: Mapping[str, object], path_stem: Path) -> list[Path]:
 
 
 def write_results(document: Mapping[str, object], out_dir: Path, suffix: str = "") -> list[Path]:
-    """Write ``<device>-<date><suffix>.json``, ``.md`` and ``-<op>.png`` in ``out_dir``; return the paths."""
+    """Write ``<device>-<date><suffix>.json``, ``.md``, ``-summary.md`` (the compact tables of the README) and
+    ``-<op>.png`` in ``out_dir``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{document['device']}-{document['date'][:10]}{suffix}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    summary_path = stem.parent / f"{stem.name}-summary.md"
     json_path.write_text(json.dumps(document, indent=1, default=str) + "\n")
     md_path.write_text(markdown(document))
-    return [json_path, md_path] + plot(document, stem)
+    summary_path.write_text(summary(document))
+    return [json_path, md_path, summary_path] + plot(document, stem)
