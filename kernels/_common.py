@@ -34,12 +34,20 @@ def sm_count(device: torch.device) -> int:
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+#: ``FASTFLOW_TRITON_AUTOTUNE=0``: one config per kernel on a GPU too (the first of its space), so that a test run
+#: compiles each kernel variant once instead of once per config; the GPU check's tests and compute-sanitizer set
+#: it. The benchmarks autotune.
+AUTOTUNE: bool = os.environ.get("FASTFLOW_TRITON_AUTOTUNE", "1") not in ("", "0")
+
+
 def autotune_configs(space: Iterable[triton.Config], interpreted: dict[str, int]) -> list[triton.Config]:
-    """The autotuning space ``space`` on a GPU; under the interpreter the single config ``interpreted``.
+    """The autotuning space ``space`` on a GPU (its first config alone without :data:`AUTOTUNE`); under the
+    interpreter the single config ``interpreted``.
 
     The interpreter would run every config of a space at every new key (slowly, and to no purpose: timings of
     the interpreter say nothing), so it gets one small config, one warp.
     """
     if INTERPRETED:
         return [triton.Config(dict(interpreted), num_warps=1)]
-    return list(space)
+    configs = list(space)
+    return configs if AUTOTUNE else configs[:1]

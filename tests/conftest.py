@@ -1,9 +1,12 @@
-"""Test set-up: Triton runs through its interpreter when no GPU is present, GPU tests skip without one.
+"""Test set-up: Triton runs through its interpreter when no GPU is present, GPU tests skip without one, and
+``FASTFLOW_TEST_TIMEOUT=<seconds>`` fails any test that runs longer (the GPU check, ``.ci/gpu``, sets it: a hung
+kernel must not eat a GPU machine's few minutes; pytest-timeout is not installed there).
 
 ``TRITON_INTERPRET`` must be set before anything imports Triton, hence here, before the tests import fastflow.
 """
 
 import os
+import signal
 
 import pytest
 import torch
@@ -29,3 +32,22 @@ def _automatic_backend():
 
     with fastflow.set_backend(None):
         yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    seconds = int(os.environ.get("FASTFLOW_TEST_TIMEOUT", "0") or 0)
+    if seconds <= 0 or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"{item.nodeid} ran longer than FASTFLOW_TEST_TIMEOUT={seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

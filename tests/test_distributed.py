@@ -18,15 +18,18 @@ from fastflow.train import load_checkpoint
 from fastflow.train.checkpoint import KILL_DURING_WRITE
 from fastflow.train.loop import KILL_AT
 
-# A small Glow on the built-in digits: every step is a few milliseconds, the processes' start-up dominates.
+# A small Glow on the built-in digits: every step is a few milliseconds, the processes' start-up dominates. CPU
+# processes (gloo) unless a test says otherwise: on a one-GPU machine two NCCL ranks would share the GPU.
 MODEL = ["glow", "--depth", "2", "--hidden", "16", "--num-samples", "4", "--log-every", "1", "--no-progress"]
 
 
-def _run(out: Path, *args: str, processes: int = 1, env: dict | None = None, check: bool = True, restarts: int = 0):
-    command = [sys.executable, "-m", "fastflow", "train", *MODEL, "--out", str(out), *args]
+def _run(out: Path, *args: str, processes: int = 1, env: dict | None = None, check: bool = True, restarts: int = 0,
+         device: str = "cpu"):
+    train = ["-m", "fastflow", "train", *MODEL, "--device", device, "--out", str(out), *args]
+    command = [sys.executable, *train]
     if processes > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   f"--max-restarts={restarts}", "-m", "fastflow", "train", *MODEL, "--out", str(out), *args]
+                   f"--max-restarts={restarts}", *train]
     environment = {key: value for key, value in os.environ.items() if key not in (KILL_AT, KILL_DURING_WRITE)}
     environment.update(OMP_NUM_THREADS="1", **(env or {}))
     done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600, check=False)
@@ -55,6 +58,25 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert abs(two[step] - one[step]) <= 1e-4 * abs(one[step]), (step, one[step], two[step])
     meta = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
     assert meta["world_size"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_nccl_processes_match_one_gpu_process(tmp_path):
+    """The gloo test's rule on GPUs: 2 NCCL processes, one GPU each, give the per-step losses of one process on one
+    GPU with the same global batch; prints the throughput of each (the GPU check reports it)."""
+    args = ["--steps", "20", "--batch-size", "64", "--eval-every", "20"]
+    _run(tmp_path / "one", *args, device="cuda")
+    _run(tmp_path / "two", *args, processes=2, device="cuda")
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 21))
+    for step in one:
+        assert abs(two[step] - one[step]) <= 1e-4 * abs(one[step]), (step, one[step], two[step])
+    rates = {}
+    for name in ("one", "two"):
+        lines = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        rates[name] = [line["images_per_s"] for line in lines if "images_per_s" in line][-1]
+    print(f"throughput: 1 GPU {rates['one']:.0f} images/s, 2 GPUs {rates['two']:.0f} images/s")
 
 
 def test_killed_rank_then_resume_ends_like_an_uninterrupted_run(tmp_path):

@@ -41,12 +41,16 @@ def _wrong_device(backend: str, device: str) -> bool:
 
 
 def _params(select) -> list:
+    """``pytest.param``s of ``select(entry, op, case) -> ((values...), (id parts...))``; those on CUDA tensors are
+    marked ``gpu`` (``pytest -m gpu`` is the GPU check's selection)."""
     params = []
     for entry in REGISTRY.values():
         op = _backends.get_op(entry.op)
         for case in entry.cases:
-            params += [pytest.param(entry, case, *rest, id=f"{entry.op}-{case.name}-{'-'.join(map(str, ids))}")
-                       for rest, ids in select(entry, op, case)]
+            for rest, ids in select(entry, op, case):
+                marks = [pytest.mark.gpu] if "cuda" in rest[:1] else []
+                params.append(pytest.param(entry, case, *rest, marks=marks,
+                                           id=f"{entry.op}-{case.name}-{'-'.join(map(str, ids))}"))
     return params
 
 
@@ -174,6 +178,10 @@ def test_opcheck_every_custom_op_of_a_call(entry: OpEntry, case: OpCase, device,
 
 def _float64_backends(entry, op, case):
     for device in DEVICES:
+        # On a GPU only the opcheck cases: a numerical Jacobian there is thousands of tiny launches per case, and
+        # no GPU kernel takes float64 (only the reference stages do, which the CPU already gradchecks everywhere).
+        if device == "cuda" and not case.opcheck:
+            continue
         for backend, implementation in op.backends.items():
             if torch.float64 in implementation.dtypes and not _wrong_device(backend, device):
                 yield (device, backend), (device, backend)

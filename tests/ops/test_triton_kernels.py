@@ -30,6 +30,8 @@ if not _common.INTERPRETED and not torch.cuda.is_available():
 
 DEVICE = torch.device("cpu" if _common.INTERPRETED else "cuda")
 CLAMP = 2.0
+# Compiled for a GPU, these are GPU tests (``pytest -m gpu``, the GPU check's selection); interpreted, CPU ones.
+pytestmark = [] if _common.INTERPRETED else [pytest.mark.gpu]
 
 
 def _generator(seed: int) -> torch.Generator:
