@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import fastflow
-from bench.harness import Case, register
+from bench.harness import PRIORITY_ACCEPTANCE_16BIT, Case, register
 from fastflow import ops
 from fastflow.nn import InvConv1x1
 from fastflow.reference import actnorm_invconv as reference
@@ -82,7 +82,7 @@ def _with_fixed(fn, fixed: dict):
     return lambda **inputs: fn(**inputs, **fixed)
 
 
-def make_actnorm_invconv_case(shape, dtype=torch.float32, *, quick: bool = False) -> Case:
+def make_actnorm_invconv_case(shape, dtype=torch.float32, *, quick: bool = False, priority: int | None = None) -> Case:
     fixed: dict[str, torch.Tensor] = {}
     return Case(
         op="actnorm_invconv",
@@ -97,13 +97,16 @@ def make_actnorm_invconv_case(shape, dtype=torch.float32, *, quick: bool = False
         dtype=dtype,
         quick=quick,
         params={"shape": list(shape)},
+        priority=priority,
     )
 
 
 ACCEPTANCE_SHAPES = ((64, 12, 32, 32), (64, 48, 16, 16))
 CPU_SHAPES = ((16, 512, 8, 8),)
-# Forward working sets (2N·e): 201 MB and 402 MB in float32.
+# Forward working sets (2N·e): 201 MB and 402 MB in float32 (full, 5N·e: 503 MB and 1 GB), 67 MB at C = 512.
 GPU_LARGE_SHAPES = ((64, 48, 64, 64), (128, 48, 64, 64), (64, 512, 16, 16))
+# bfloat16 halves them: one more batch doubling keeps a working set of 256 MB or more (full: 503 MB).
+GPU_LARGE_16BIT_SHAPES = GPU_LARGE_SHAPES + ((256, 48, 64, 64),)
 
 
 @register("actnorm_invconv")
@@ -112,7 +115,10 @@ def actnorm_invconv_cases(device: torch.device) -> list[Case]:
     result += [make_actnorm_invconv_case(shape) for shape in CPU_SHAPES]
     if device.type == "cuda":
         result += [make_actnorm_invconv_case(shape) for shape in GPU_LARGE_SHAPES]
-        result += [make_actnorm_invconv_case(shape, torch.bfloat16) for shape in ACCEPTANCE_SHAPES + GPU_LARGE_SHAPES]
+        # Glow's sizes in bfloat16 right after the float32 ones (a run under a time budget takes them second).
+        result += [make_actnorm_invconv_case(shape, torch.bfloat16, priority=PRIORITY_ACCEPTANCE_16BIT)
+                   for shape in ACCEPTANCE_SHAPES]
+        result += [make_actnorm_invconv_case(shape, torch.bfloat16) for shape in GPU_LARGE_16BIT_SHAPES]
     return result
 
 
@@ -131,33 +137,43 @@ class _Direction(nn.Module):
         return self.layer.inverse(x) if self.inverse else self.layer(x)
 
 
-@functools.cache
-def _invconv_layers(channels: int, inverse: bool, device: str) -> tuple[_Direction, _Direction]:
+# The layers by (C, direction, device of the inputs). A plain dict, not ``functools.cache``: the calls below are
+# compiled, and dynamo ignores a cache wrapper and traces the wrapped function (building both layers: a QR and an
+# LU of a random C×C matrix) into every compiled graph. A dict lookup is traced as a constant. Keyed by a
+# tensor's device (``cuda:0``, never ``cuda``), so that the inputs and the calls find the same layers.
+_LAYERS: dict[tuple[int, bool, torch.device], tuple[_Direction, _Direction]] = {}
+
+
+def _invconv_layers(channels: int, inverse: bool, device: torch.device) -> tuple[_Direction, _Direction]:
     """``(LU layer, plain layer)`` computing the same map: the plain weight is the LU layer's ``W``."""
-    torch.manual_seed(channels)
-    lu_layer = InvConv1x1(channels, lu=True)
-    plain_layer = InvConv1x1(channels, lu=False)
-    with torch.no_grad():
-        plain_layer.weight.copy_(lu_layer.matrix())
-    return _Direction(lu_layer, inverse).to(device), _Direction(plain_layer, inverse).to(device)
+    key = (channels, inverse, device)
+    if key not in _LAYERS:
+        torch.manual_seed(channels)
+        lu_layer = InvConv1x1(channels, lu=True)
+        plain_layer = InvConv1x1(channels, lu=False)
+        with torch.no_grad():
+            plain_layer.weight.copy_(lu_layer.matrix())
+        _LAYERS[key] = (_Direction(lu_layer, inverse).to(device), _Direction(plain_layer, inverse).to(device))
+    return _LAYERS[key]
 
 
 def _invconv_inputs(shape, inverse, device, dtype, generator) -> dict[str, torch.Tensor]:
-    lu_layer, plain_layer = _invconv_layers(shape[1], inverse, str(device))
+    x = torch.randn(shape, device=device, dtype=dtype, generator=generator)
+    lu_layer, plain_layer = _invconv_layers(shape[1], inverse, x.device)
     # Parameters are inputs (functional_call), so that every provider computes their gradients as in training.
     params = {name.removeprefix("layer."): p.detach().clone() for name, p in lu_layer.named_parameters()}
     params["weight"] = plain_layer.layer.weight.detach().clone()
-    return {"x": torch.randn(shape, device=device, dtype=dtype, generator=generator), **params}
+    return {"x": x, **params}
 
 
 def _lu_layer_call(inverse, x, lower, upper, log_s, weight):
-    lu_layer, _ = _invconv_layers(x.shape[1], inverse, str(x.device))
+    lu_layer, _ = _LAYERS[(x.shape[1], inverse, x.device)]  # built by _invconv_inputs, which runs first
     params = {"layer.lower": lower, "layer.upper": upper, "layer.log_s": log_s}
     return torch.func.functional_call(lu_layer, params, (x,))
 
 
 def _plain_layer_call(inverse, x, lower, upper, log_s, weight):
-    _, plain_layer = _invconv_layers(x.shape[1], inverse, str(x.device))
+    _, plain_layer = _LAYERS[(x.shape[1], inverse, x.device)]
     return torch.func.functional_call(plain_layer, {"layer.weight": weight}, (x,))
 
 

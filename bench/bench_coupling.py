@@ -11,7 +11,8 @@ Three layouts of the conditioner's output ``h``, as real layers have them:
 
 The acceptance shapes (``--quick``) are Glow's channel-mask sigmoid coupling at ``B=64, C in {12, 48}, 32x32``,
 float32; the checkerboard mask, RealNVP's exp scale, NICE's additive coupling and the other layouts run at one
-size; on GPU float32 and bfloat16 grow to working sets beyond 256 MB.
+size; on GPU float32 and bfloat16 grow to working sets beyond 256 MB, and the acceptance shapes in bfloat16 come
+right after the float32 ones in a run (``harness.PRIORITY_ACCEPTANCE_16BIT``).
 
 Providers beyond the harness's: ``plain`` (the channel-mask sigmoid cases) is Glow's coupling in the five lines
 a user writes (:func:`plain_glow_coupling`), beside ``reference`` (``fastflow.reference``, the eager baseline),
@@ -26,7 +27,7 @@ import math
 
 import torch
 
-from bench.harness import Case, register
+from bench.harness import PRIORITY_ACCEPTANCE_16BIT, Case, register
 from fastflow import ops
 from fastflow.reference import coupling as reference
 
@@ -99,6 +100,7 @@ def make_case(
     scale: str | None = "sigmoid",
     layout: str = "interleaved",
     quick: bool = False,
+    priority: int | None = None,
 ) -> Case:
     """A coupling case; ``scale=None`` is the additive coupling, ``shape`` ``(B, D)`` a vector case."""
     affine = scale is not None
@@ -138,6 +140,7 @@ def make_case(
         params={"shape": list(shape), "mask": mask, "scale": scale or "additive",
                 "layout": layout if affine else "shift only"},
         work_free=work_free,
+        priority=priority,
     )
 
 
@@ -160,5 +163,7 @@ def cases(device: torch.device) -> list[Case]:
     ]
     if device.type == "cuda":
         result += [make_case(shape) for shape in GPU_LARGE_SHAPES]
-        result += [make_case(shape, torch.bfloat16) for shape in ACCEPTANCE_SHAPES + GPU_LARGE_SHAPES]
+        # Glow's sizes in bfloat16 right after the float32 ones (a run under a time budget takes them second).
+        result += [make_case(shape, torch.bfloat16, priority=PRIORITY_ACCEPTANCE_16BIT) for shape in ACCEPTANCE_SHAPES]
+        result += [make_case(shape, torch.bfloat16) for shape in GPU_LARGE_SHAPES]
     return result

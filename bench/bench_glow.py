@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import fastflow
-from bench.harness import Case, register
+from bench.harness import PRIORITY_MODEL, PRIORITY_MODEL_MORE, Case, register
 from fastflow.models import Glow
 from fastflow.models.quantization import standard_normal_log_prob
 
@@ -40,31 +40,46 @@ class _NegativeLogLikelihood(nn.Module):
         return (-log_prob / (self.model.num_dims * math.log(2.0))).mean()
 
 
-@functools.cache
-def _glow(config: tuple, device: str) -> _NegativeLogLikelihood:
-    batch, channels, size, levels, depth, hidden = config
-    torch.manual_seed(0)
-    model = Glow(channels, size, levels=levels, depth=depth, hidden_channels=hidden).to(device)
-    with torch.no_grad():
-        model(torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, device=device))  # ActNorm
-    return _NegativeLogLikelihood(model)
+# The models by (config, device of the inputs). A plain dict, not ``functools.cache``: the step below is compiled,
+# and dynamo ignores a cache wrapper and traces the wrapped function, i.e. the construction of the whole model
+# and its ActNorm initialisation, into every compiled graph (slower compiles, at best). Looking a key up in a dict
+# is traced as a constant. Keyed by a tensor's device (``cuda:0``, never ``cuda``), so that the inputs and the
+# step find the same model.
+_MODELS: dict[tuple[tuple, torch.device], _NegativeLogLikelihood] = {}
+
+
+def _glow(config: tuple, device: torch.device) -> _NegativeLogLikelihood:
+    """The model of ``config`` on ``device`` (a tensor's device), built and ActNorm-initialised on first use."""
+    key = (config, device)
+    if key not in _MODELS:
+        batch, channels, size, levels, depth, hidden = config
+        torch.manual_seed(0)
+        model = Glow(channels, size, levels=levels, depth=depth, hidden_channels=hidden).to(device)
+        with torch.no_grad():  # ActNorm's data-dependent initialisation
+            model(torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, device=device))
+        _MODELS[key] = _NegativeLogLikelihood(model)
+    return _MODELS[key]
 
 
 def _glow_inputs(config, device, dtype, generator) -> dict[str, torch.Tensor]:
     batch, channels, size = config[:3]
-    loss = _glow(config, str(device))
+    u = torch.rand(batch, channels, size, size, device=device, generator=generator) - 0.5
+    loss = _glow(config, u.device)
     inputs = {name: p.detach().clone() for name, p in loss.named_parameters()}
-    inputs["u"] = torch.rand(batch, channels, size, size, device=device, generator=generator) - 0.5
+    inputs["u"] = u
     return inputs
 
 
 def _glow_step(config, **inputs) -> torch.Tensor:
-    loss = _glow(config, str(inputs["u"].device))
     u = inputs.pop("u")
+    # Built by _glow_inputs, which runs first: only the lookup is traced.
+    loss = _MODELS[(config, u.device)]
     return torch.func.functional_call(loss, inputs, (u,))
 
 
-def make_glow_case(config: tuple, *, quick: bool = False) -> Case:
+def make_glow_case(config: tuple, expected_s: dict[str, float], *, quick: bool = False) -> Case:
+    """A Glow step of ``config`` = ``(batch, channels, size, levels, depth, hidden)``; ``expected_s``: the time
+    budget's guess of each mode's seconds before a Glow group has run (``Case.expected_s``)."""
     batch, channels, size, levels, depth, hidden = config
     step = functools.partial(_glow_step, config)
     return Case(
@@ -77,12 +92,27 @@ def make_glow_case(config: tuple, *, quick: bool = False) -> Case:
         params={"batch": batch, "image": [channels, size, size], "levels": levels, "depth": depth, "hidden": hidden},
         contexts={"reference": _reference_backend, "compile": _reference_backend},
         uses=("actnorm_invconv", "coupling"),
+        # After every op case: compiling a whole model (compile and fastflow+compile) takes minutes.
+        priority=PRIORITY_MODEL if quick else PRIORITY_MODEL_MORE,
+        expected_s=expected_s,
     )
+
+
+# Rough guesses of a (case, mode) group's seconds, all providers: the fwd group compiles `compile` and
+# `fastflow+compile` (forward and backward graphs), bwd and full reuse them. CPU: measured on a 2-core VM (K = 8:
+# 30 s and 18 s of compilation, the whole fwd group about 60 s, the others about 12 s each); GPU: scaled by the
+# number of flow steps (K = 32, 96 steps: four times K = 8), the GPU machine's host being faster, with room for a
+# backward compiled at its first call. The estimate is the larger of these and what Glow groups measured.
+CPU_EXPECTED_S = {"fwd": 60.0, "bwd": 15.0, "full": 15.0}
+GPU_CIFAR_EXPECTED_S = {"fwd": 180.0, "bwd": 60.0, "full": 20.0}
+GPU_SMALL_EXPECTED_S = {"fwd": 60.0, "bwd": 20.0, "full": 10.0}
 
 
 @register("glow")
 def glow_cases(device: torch.device) -> list[Case]:
     if device.type == "cuda":
-        # Glow's CIFAR-10 configuration, and a smaller one.
-        return [make_glow_case((64, 3, 32, 3, 32, 512), quick=True), make_glow_case((64, 3, 32, 3, 8, 128))]
-    return [make_glow_case((16, 3, 32, 3, 8, 128), quick=True)]
+        # Glow's CIFAR-10 configuration (Kingma & Dhariwal: L = 3, K = 32, 512 hidden channels; batch 64), and a
+        # smaller one.
+        return [make_glow_case((64, 3, 32, 3, 32, 512), GPU_CIFAR_EXPECTED_S, quick=True),
+                make_glow_case((64, 3, 32, 3, 8, 128), GPU_SMALL_EXPECTED_S)]
+    return [make_glow_case((16, 3, 32, 3, 8, 128), CPU_EXPECTED_S, quick=True)]

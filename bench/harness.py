@@ -16,6 +16,12 @@ the runner times every provider in every mode:
   modes in which the fastflow providers do no work at all (``Case.work_free``): they are timed, but get no
   speed-up and no GB/s ("n/a" in the reports).
 
+Order and budget: the cases run by :func:`priority` (the acceptance shapes of every op first, then their 16-bit
+versions, the working sets of 256 MB or more, the other op cases, and the whole-model cases last: they compile
+for minutes), each in the modes ``fwd``, ``bwd``, ``full``. Under a :class:`TimeBudget` (``--time-budget``) a
+(case, mode) group that is not expected to fit any more is skipped and listed in the document's
+``skipped_for_budget``.
+
 Timing: warm-up, then many samples of ``inner`` back-to-back calls each (``time.perf_counter`` on CPU, CUDA
 events on GPU); the median and the 20th/80th percentiles of the per-call time are reported. The inputs
 rotate among several sets, so that together they exceed 3x the cache that would otherwise hold them (L2 on
@@ -59,6 +65,9 @@ FASTFLOW_COMPILE = "fastflow+compile"
 # The providers that run fastflow's own code: a mode in which it does no work gives them no speed-up.
 FASTFLOW_PROVIDERS: tuple[str, ...] = BACKEND_PROVIDERS + (FASTFLOW_COMPILE,)
 ALL_PROVIDERS: tuple[str, ...] = BASE_PROVIDERS + FASTFLOW_PROVIDERS
+# The speed-ups of every row are taken against these: eager PyTorch, its torch.compile, and fastflow compiled (what
+# a fastflow backend called eagerly gains or loses against compiling it).
+BASELINES: tuple[str, ...] = BASE_PROVIDERS + (FASTFLOW_COMPILE,)
 
 # Kineto prints two lines each time the profiler (peak memory on CPU) starts and stops; it reads this lazily.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
@@ -66,6 +75,23 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 # --------------------------------------------------------------------------------------------------
 # Cases and the registry.
+
+
+# The order of a run, most important first (``Case.priority``; cases of one priority keep the registry's order:
+# ops by name, each op's cases as its module lists them). A short time budget then measures the acceptance
+# shapes of every op, then their 16-bit versions, then the large working sets, and the whole-model cases
+# (minutes of compilation each) last.
+PRIORITY_ACCEPTANCE, PRIORITY_ACCEPTANCE_16BIT, PRIORITY_LARGE, PRIORITY_OTHER, PRIORITY_MODEL, PRIORITY_MODEL_MORE = (
+    range(6))
+PRIORITIES: dict[int, str] = {
+    PRIORITY_ACCEPTANCE: "acceptance shapes (--quick)",
+    PRIORITY_ACCEPTANCE_16BIT: "acceptance shapes in a 16-bit dtype",
+    PRIORITY_LARGE: "working sets of 256 MB or more",
+    PRIORITY_OTHER: "other op cases",
+    PRIORITY_MODEL: "a whole model (--quick)",
+    PRIORITY_MODEL_MORE: "other whole-model configurations",
+}
+LARGE_WORKING_SET_BYTES = 256 * 10**6
 
 
 @dataclass(frozen=True)
@@ -97,6 +123,11 @@ class Case:
         work_free: mode -> why the fastflow providers do no work in that mode (e.g. the additive coupling's
             backward, whose gradients are the incoming one and a slice of it): they are still timed, but get
             neither speed-ups nor GB/s, and the reports show "n/a" with the reason.
+        priority: where the case comes in the run (lower first: see :data:`PRIORITIES`), so that the most
+            important cases are measured when a time budget is short; None: :func:`priority` derives it.
+        expected_s: mode -> a rough lower bound of the seconds that measuring the case in that mode takes on this
+            device (all providers, compilation included), for the time budget's estimate before a similar
+            group has run: e.g. compiling a whole model takes minutes where an op's case takes seconds.
     """
 
     op: str
@@ -112,11 +143,17 @@ class Case:
     contexts: Mapping[str, Callable[[], object]] = field(default_factory=dict)
     uses: tuple[str, ...] = ()
     work_free: Mapping[str, str] = field(default_factory=dict)
+    priority: int | None = None
+    expected_s: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = set(self.work_free) - set(MODES)
-        if unknown:
-            raise ValueError(f"{self.op}/{self.name}: work_free names unknown modes {sorted(unknown)}")
+        for name in ("work_free", "expected_s"):
+            unknown = set(getattr(self, name)) - set(MODES)
+            if unknown:
+                raise ValueError(f"{self.op}/{self.name}: {name} names unknown modes {sorted(unknown)}")
+        if self.priority is not None and self.priority not in PRIORITIES:
+            raise ValueError(f"{self.op}/{self.name}: priority must be one of {sorted(PRIORITIES)}, "
+                             f"got {self.priority}")
 
     @property
     def id(self) -> str:
@@ -148,13 +185,26 @@ def discover() -> dict[str, Callable[[torch.device], list[Case]]]:
     return _REGISTRY
 
 
+def priority(case: Case) -> int:
+    """``case.priority``, else: the acceptance shapes (``quick``) first, then a working set (the largest byte
+    count of its modes) of at least :data:`LARGE_WORKING_SET_BYTES`, then the rest."""
+    if case.priority is not None:
+        return case.priority
+    if case.quick:
+        return PRIORITY_ACCEPTANCE
+    if max((value for value in case.bytes.values() if value), default=0) >= LARGE_WORKING_SET_BYTES:
+        return PRIORITY_LARGE
+    return PRIORITY_OTHER
+
+
 def collect_cases(
     device: torch.device,
     ops: Sequence[str] | None = None,
     quick: bool = False,
     name_filter: str | None = None,
 ) -> list[Case]:
-    """The registered cases for ``device``, filtered by op names, ``quick`` and a substring of the id."""
+    """The registered cases for ``device``, filtered by op names, ``quick`` and a substring of the id, in the
+    order of a run: by :func:`priority`, then ops by name, then each op's own order."""
     cases = []
     for op, make_cases in sorted(discover().items()):
         if ops and op not in ops:
@@ -165,7 +215,7 @@ def collect_cases(
             if name_filter and name_filter not in case.id:
                 continue
             cases.append(case)
-    return cases
+    return sorted(cases, key=priority)  # stable: the registry's order within a priority
 
 
 def default_device() -> torch.device:
@@ -576,6 +626,74 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, config: TimingConfig) 
 
 
 # --------------------------------------------------------------------------------------------------
+# A wall-clock budget for a whole run.
+
+
+class TimeBudget:
+    """``--time-budget``: the seconds a whole run may take, and whether the next (case, mode) group still fits.
+
+    A group's estimate is what the most similar groups measured so far took (the same op and mode, else the same
+    mode, else the same op, else any), the longest of them times :attr:`SAFETY` (later cases of an op are often
+    larger), and at least the case's own ``expected_s`` (a whole model compiles for minutes where no op case
+    did). A group fits when the time elapsed plus its estimate stays within the budget less :attr:`reserve_s`,
+    the time kept for writing the reports. The first group always runs; a group that does not fit is skipped
+    and the next ones are still asked (a smaller one may fit). Inside a group, a provider that would start
+    after the budget is spent is skipped (the estimate can be wrong: a first compilation is hard to foresee).
+    """
+
+    SAFETY = 1.25
+    REPORT_RESERVE_S = 10.0  # the reports (the PNG above all) of a large GPU run: a few seconds
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.perf_counter):
+        if seconds <= 0:
+            raise ValueError(f"a time budget must be positive, got {seconds}")
+        self.seconds = float(seconds)
+        self.reserve_s = min(self.REPORT_RESERVE_S, 0.1 * self.seconds)
+        self._clock = clock
+        self.start = clock()
+        self.groups: list[tuple[str, str, float]] = []  # (op, mode, seconds) of every group that ran
+
+    @property
+    def reason(self) -> str:
+        return f"time budget of {self.seconds:g} s spent"
+
+    def elapsed(self) -> float:
+        return self._clock() - self.start
+
+    def left(self) -> float:
+        """Seconds left for measuring (the report reserve excluded)."""
+        return self.seconds - self.reserve_s - self.elapsed()
+
+    def spent(self) -> bool:
+        return self.left() <= 0
+
+    def estimate(self, case: Case, mode: str) -> float:
+        """Seconds that measuring ``case`` in ``mode`` is expected to take (see the class docstring)."""
+        # The same mode before the same op: an op's first mode pays for most of its compilation.
+        similar = ([s for op, m, s in self.groups if op == case.op and m == mode]
+                   or [s for _, m, s in self.groups if m == mode]
+                   or [s for op, _, s in self.groups if op == case.op]
+                   or [s for _, _, s in self.groups])
+        guess = self.SAFETY * max(similar) if similar else 0.0
+        return max(guess, float(case.expected_s.get(mode, 0.0)))
+
+    def fits_seconds(self, seconds: float) -> bool:
+        return seconds <= self.left()
+
+    def fits(self, case: Case, mode: str) -> tuple[bool, float]:
+        """``(whether the group fits, its estimate)``; the first group always fits."""
+        estimate = self.estimate(case, mode)
+        return (not self.groups or self.fits_seconds(estimate)), estimate
+
+    def record(self, case: Case, mode: str, seconds: float) -> None:
+        self.groups.append((case.op, mode, seconds))
+
+    def summary(self) -> dict[str, object]:
+        return {"seconds": self.seconds, "reserve_s": self.reserve_s, "elapsed_s": self.elapsed(),
+                "groups_run": len(self.groups)}
+
+
+# --------------------------------------------------------------------------------------------------
 # One measurement and a whole run.
 
 
@@ -616,11 +734,13 @@ def run_group(
     device: torch.device,
     config: TimingConfig,
     with_memory: bool = True,
+    budget: TimeBudget | None = None,
 ) -> list[dict[str, object]]:
     """Measure ``case`` in ``mode`` for each provider, side by side; skipped or failed ones give the reason.
 
     Every provider is prepared and warmed up first; then they take turns for ``ROUNDS`` rounds of samples,
-    and each one's median and quantiles are taken over all its samples.
+    and each one's median and quantiles are taken over all its samples. With a ``budget`` that is spent, the
+    providers not yet prepared are skipped (``skipped_for_budget``), except in the run's first group.
     """
     rows = {provider: _row(case, provider, mode, device) for provider in providers}
     ready: dict[str, tuple[Prepared, Callable[[], object], int, int]] = {}
@@ -629,6 +749,9 @@ def run_group(
         reason = why_not(case, provider, device)
         if reason is not None:
             rows[provider]["skipped"] = reason
+            continue
+        if budget is not None and budget.groups and budget.spent():
+            rows[provider].update(skipped=budget.reason, skipped_for_budget=True)
             continue
         try:
             prepared = prepare(case, provider, mode, device, input_sets)
@@ -676,13 +799,15 @@ def run_group(
 
 
 def add_ratios(rows: list[dict[str, object]], copy_gbps: float, matmul_tflops: Mapping[str, float]) -> None:
-    """Fraction of the copy bandwidth / matmul rate, and speed-ups against reference and compile.
+    """Fraction of the copy bandwidth / matmul rate, and speed-ups against :data:`BASELINES` (eager, compiled,
+    fastflow compiled).
 
     A row above the copy bandwidth gets ``above_copy_bandwidth`` (its data came from cache); a work-free row
-    (``Case.work_free``) gets no speed-up: a path that does nothing is not faster, it is not comparable.
+    (``Case.work_free``) gets no speed-up and is no baseline: a path that does nothing is not faster, it is not
+    comparable.
     """
     medians = {(r["op"], r["case"], r["mode"], r["provider"]): r["median_ms"]
-               for r in rows if "median_ms" in r}
+               for r in rows if "median_ms" in r and "work_free" not in r}
     for row in rows:
         if "median_ms" not in row or "work_free" in row:
             continue
@@ -692,7 +817,7 @@ def add_ratios(rows: list[dict[str, object]], copy_gbps: float, matmul_tflops: M
                 row["above_copy_bandwidth"] = True
         if "tflops" in row and row["dtype"] in matmul_tflops:
             row["matmul_fraction"] = row["tflops"] / matmul_tflops[row["dtype"]]
-        for baseline in BASE_PROVIDERS:
+        for baseline in BASELINES:
             base = medians.get((row["op"], row["case"], row["mode"], baseline))
             if base is not None:
                 row[f"speedup_vs_{baseline}"] = base / row["median_ms"]
@@ -717,6 +842,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def _skipped_entry(case: Case, mode: str, providers: str | list[str], estimate_s: float | None,
+                   budget: TimeBudget) -> dict[str, object]:
+    return {"case": case.id, "op": case.op, "mode": mode, "providers": providers, "priority": priority(case),
+            "estimate_s": estimate_s, "elapsed_s": budget.elapsed(), "reason": budget.reason}
+
+
 def run(
     cases: Sequence[Case],
     device: torch.device,
@@ -724,8 +855,17 @@ def run(
     modes: Sequence[str] = MODES,
     config: TimingConfig = TimingConfig(),
     log: Callable[[str], None] = print,
+    budget: TimeBudget | None = None,
+    checkpoint: Callable[[dict[str, object]], None] | None = None,
 ) -> dict[str, object]:
-    """Measure every case x provider x mode; return the results document (see :func:`write_results`)."""
+    """Measure every case x provider x mode, in the order given; return the results document (see
+    :func:`report.write_results <bench.report.write_results>`).
+
+    ``budget``: a group (case, mode) that does not fit any more is skipped and listed in the document's
+    ``skipped_for_budget`` (see :class:`TimeBudget`). ``checkpoint(document)`` is called after every group with
+    the results so far (``partial: True``), so that a run stopped from outside still leaves them.
+    """
+    started = datetime.datetime.now()
     copy = copy_bandwidth(device, config)
     log(f"copy bandwidth: {copy['gbps']:.1f} GB/s ({copy['bytes'] / 2**20:.0f} MiB read + written)")
     if device.type == "cpu":
@@ -738,39 +878,66 @@ def run(
     for dtype in sorted({case.dtype for case in cases if any(case.flops.values())}, key=str):
         matmul[dtype_name(dtype)] = matmul_rate(device, dtype, config)
         log(f"matmul rate {dtype_name(dtype)}: {matmul[dtype_name(dtype)]:.2f} TFLOP/s")
-    rows = []
+    rows: list[dict[str, object]] = []
+    skipped: list[dict[str, object]] = []
     load_before = os.getloadavg()[0]
+    slug, device_name = device_description(device)
+
+    def document(partial: bool) -> dict[str, object]:
+        add_ratios(rows, copy["gbps"], matmul)
+        return {
+            "device": slug,
+            "device_name": device_name,
+            # The start of the run: also the date in the file names, the same for every checkpoint.
+            "date": started.isoformat(timespec="seconds"),
+            "partial": partial,
+            "versions": _versions(),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            # Timings on a shared machine are only as good as its quietness: the 1-minute load, before and after.
+            "load_average": [load_before, os.getloadavg()[0]],
+            "copy_bandwidth": copy,
+            "cache": cache,
+            "max_input_sets": MAX_INPUT_SETS,
+            "fastflow_backend_env": os.environ.get("FASTFLOW_BACKEND"),
+            "matmul_tflops": matmul,
+            "timing": dataclasses.asdict(config),
+            "time_budget": budget.summary() if budget is not None else None,
+            "skipped_for_budget": skipped,
+            "backends": {op: {backend: _backends.why_not(backend, op, device, torch.float32) or "available"
+                              for backend in _backends.BACKENDS}
+                         for op in sorted({op for case in cases for op in case.uses or (case.op,)}
+                                          & _registered_ops())},
+            "results": rows,
+        }
+
     for case in cases:
         names = [name for name in provider_names(case) if not providers or name in providers]
         for mode in modes:
-            for row in run_group(case, mode, names, device, config):
+            if budget is not None:
+                fits, estimate = budget.fits(case, mode)
+                if not fits:
+                    skipped.append(_skipped_entry(case, mode, "all", estimate, budget))
+                    log(f"  {case.id:60s} {mode:4s} skipped: {budget.reason} ({budget.elapsed():.0f} s elapsed, "
+                        f"this group estimated at {estimate:.0f} s)")
+                    continue
+            begun = budget.elapsed() if budget is not None else 0.0
+            group = run_group(case, mode, names, device, config, budget=budget)
+            if budget is not None:
+                budget.record(case, mode, budget.elapsed() - begun)
+                late = [row["provider"] for row in group if row.get("skipped_for_budget")]
+                if late:
+                    skipped.append(_skipped_entry(case, mode, late, None, budget))
+                    log(f"  {case.id:60s} {mode:4s} {', '.join(late)} skipped: {budget.reason} inside the group")
+            for row in group:
                 rows.append(row)
                 if "median_ms" in row:
                     log(f"  {case.id:60s} {mode:4s} {row['provider']:16s} {row['median_ms']:9.3f} ms")
                 elif "error" in row:
                     log(f"  {case.id:60s} {mode:4s} {row['provider']:16s} FAILED {row['error']}")
-    add_ratios(rows, copy["gbps"], matmul)
-    slug, name = device_description(device)
-    return {
-        "device": slug,
-        "device_name": name,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        # Timings on a shared machine are only as good as its quietness: the 1-minute load, before and after.
-        "load_average": [load_before, os.getloadavg()[0]],
-        "copy_bandwidth": copy,
-        "cache": cache,
-        "max_input_sets": MAX_INPUT_SETS,
-        "fastflow_backend_env": os.environ.get("FASTFLOW_BACKEND"),
-        "matmul_tflops": matmul,
-        "timing": dataclasses.asdict(config),
-        "backends": {op: {backend: _backends.why_not(backend, op, device, torch.float32) or "available"
-                          for backend in _backends.BACKENDS}
-                     for op in sorted({op for case in cases for op in case.uses or (case.op,)} & _registered_ops())},
-        "results": rows,
-    }
+            if checkpoint is not None:
+                checkpoint(document(partial=True))
+    return document(partial=False)
 
 
 def _versions() -> dict[str, str | None]:

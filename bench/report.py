@@ -1,25 +1,32 @@
-"""Reports of a benchmark run: the JSON document, a markdown table and PNG plots next to it.
+"""Reports of a benchmark run: the JSON document, the markdown tables and one PNG of plots next to it.
+
+``write_results`` writes four files, ``<device>-<date>[-quick]`` ``.json``, ``.md``, ``-summary.md`` and
+``.png`` (a panel per op), none over :data:`MAX_FILE_BYTES`: a GPU check that keeps at most 8 files of at most
+16 MB can store them beside its own log.
 
 Two markers in the tables, each explained by a footnote: ``n/a†`` where the fastflow providers do no work
 (``Case.work_free``: a speed-up there would compare something with nothing), and ``‡`` on a bandwidth above
-the copy bandwidth measured in the same run (the data came from cache: the figure is suspect).
+the copy bandwidth measured in the same run (the data came from cache: the figure is suspect). What a time
+budget left out is listed under "Not measured for lack of time".
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench import dispatch
-from bench.harness import MODES
+from bench.harness import BASELINES, MODES
 
 NOT_APPLICABLE = "n/a†"
 ABOVE_COPY = "‡"
+MAX_FILE_BYTES = 16 * 10**6
 
 COLUMNS = (
     "case", "mode", "provider", "median ms", "GB/s", "% of copy BW",
-    "speed-up vs reference", "speed-up vs compile", "peak MB",
+    "speed-up vs reference", "speed-up vs compile", "speed-up vs fastflow+compile", "peak MB",
 )
 
 
@@ -28,24 +35,29 @@ def _number(value: object, spec: str) -> str:
 
 
 def table_rows(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, ...]]:
-    """One row per measured (case, mode, provider), grouped by case (in the order run) then mode."""
+    """One row per measured (case, mode, provider), grouped by op, then case (in the order run), then mode.
+
+    (A run takes the cases by priority, the ops' acceptance shapes first: grouping by op keeps an op's table in
+    one piece.)
+    """
     measured = [row for row in rows if "median_ms" in row]
+    op_order = {op: index for index, op in enumerate(dict.fromkeys(row["op"] for row in measured))}
     cases = dict.fromkeys((row["op"], row["case"]) for row in measured)
     case_order = {key: index for index, key in enumerate(cases)}
     mode_order = {mode: index for index, mode in enumerate(MODES)}
-    measured.sort(key=lambda row: (case_order[row["op"], row["case"]], mode_order[row["mode"]]))
+    measured.sort(key=lambda row: (op_order[row["op"]], case_order[row["op"], row["case"]], mode_order[row["mode"]]))
     lines = []
     for row in measured:
         fraction = row.get("copy_fraction")
         peak = row.get("peak_bytes")
         if "work_free" in row:
-            gbps = percent = vs_reference = vs_compile = NOT_APPLICABLE
+            gbps = percent = NOT_APPLICABLE
+            speedups = [NOT_APPLICABLE] * len(BASELINES)
         else:
             flag = ABOVE_COPY if row.get("above_copy_bandwidth") else ""
             gbps = _number(row.get("gbps"), ".1f") + (flag if "gbps" in row else "")
             percent = _number(None if fraction is None else 100 * fraction, ".0f") + (flag if fraction else "")
-            vs_reference = _number(row.get("speedup_vs_reference"), ".2f")
-            vs_compile = _number(row.get("speedup_vs_compile"), ".2f")
+            speedups = [_number(row.get(f"speedup_vs_{baseline}"), ".2f") for baseline in BASELINES]
         lines.append((
             f"{row['op']}/{row['case']}",
             row["mode"],
@@ -53,8 +65,7 @@ def table_rows(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, ...]]:
             _number(row["median_ms"], ".3f"),
             gbps,
             percent,
-            vs_reference,
-            vs_compile,
+            *speedups,
             _number(None if peak is None else peak / 2**20, ".1f"),
         ))
     return lines
@@ -87,9 +98,12 @@ def footnotes(document: Mapping[str, object]) -> list[str]:
 
 
 def not_measured(rows: Sequence[Mapping[str, object]]) -> list[str]:
-    """One line per provider and reason it was skipped or failed (deduplicated across cases and modes)."""
+    """One line per provider and reason it was skipped or failed (deduplicated across cases and modes); what the
+    time budget left out is in :func:`lack_of_time`."""
     seen: dict[tuple[str, str, str], list[str]] = {}
     for row in rows:
+        if row.get("skipped_for_budget"):
+            continue
         for status in ("skipped", "error"):
             if status in row:
                 key = (row["provider"], status, str(row[status]))
@@ -103,6 +117,41 @@ def not_measured(rows: Sequence[Mapping[str, object]]) -> list[str]:
     return lines
 
 
+def lack_of_time(document: Mapping[str, object]) -> list[str]:
+    """One line per case (and the dispatch section) that the time budget left out, in the order of the run."""
+    by_case: dict[str, list[str]] = {}
+    sections = []
+    for entry in document.get("skipped_for_budget") or ():
+        if entry.get("section") == "dispatch":
+            sections.append(f"the dispatch-overhead section ({', '.join(entry['ops'])}; estimated at "
+                            f"{entry['estimate_s']:.0f} s)")
+        elif entry["providers"] == "all":
+            by_case.setdefault(entry["case"], []).append(f"{entry['mode']} (estimated at {entry['estimate_s']:.0f} s)")
+        else:
+            by_case.setdefault(entry["case"], []).append(
+                f"{entry['mode']}: {', '.join(entry['providers'])} (the budget ran out during the group)")
+    return [f"{case}: {', '.join(modes)}" for case, modes in by_case.items()] + sections
+
+
+def _lack_of_time_header(document: Mapping[str, object]) -> str:
+    budget = document.get("time_budget") or {}
+    entries = [entry for entry in document.get("skipped_for_budget") or () if entry.get("section") != "dispatch"]
+    whole = sum(1 for entry in entries if entry["providers"] == "all")
+    parts = f" and part of {len(entries) - whole}" if len(entries) > whole else ""
+    return (f"Not measured for lack of time (time budget of {budget.get('seconds', 0):g} s spent, "
+            f"{budget.get('elapsed_s', 0):.0f} s used; {whole} (case, mode) group(s){parts}, in the order of the run, "
+            "most important first):")
+
+
+def _budget_paragraph(document: Mapping[str, object]) -> str | None:
+    budget = document.get("time_budget")
+    if not budget:
+        return None
+    return (f"Time budget: {budget['seconds']:g} s for the whole run, {budget['elapsed_s']:.0f} s used, "
+            f"{budget['groups_run']} (case, mode) group(s) measured, most important first; "
+            f"{document['timing']['budget_s']:g} s of timing per measurement.")
+
+
 def markdown(document: Mapping[str, object]) -> str:
     copy = document["copy_bandwidth"]
     paragraphs = [
@@ -112,8 +161,14 @@ def markdown(document: Mapping[str, object]) -> str:
         "count (each input read once, each output written once; — where no count applies); peak MB allocated "
         "by one call above what was live before it.",
     ]
+    if document.get("partial"):
+        paragraphs.append("**Partial results**: written while the run was going on (it rewrites these files after "
+                          "every (case, mode)); if no complete version replaced them, the run was stopped.")
     rates = document["matmul_tflops"]
     paragraphs += [f"matmul rate {dtype}: {rate:.2f} TFLOP/s" for dtype, rate in rates.items()]
+    budget = _budget_paragraph(document)
+    if budget:
+        paragraphs.append(budget)
     load = document.get("load_average")
     cpus = document.get("cpu_count") or 0
     # The load before the run says whether something else was running; the load after includes the run itself.
@@ -133,15 +188,20 @@ def markdown(document: Mapping[str, object]) -> str:
     missing = not_measured(document["results"])
     if missing:
         lines += ["", "Not measured:", ""] + [f"- {line}" for line in missing]
+    late = lack_of_time(document)
+    if late:
+        lines += ["", _lack_of_time_header(document), ""] + [f"- {line}" for line in late]
     if document.get("dispatch"):
         lines += ["", dispatch.markdown(document["dispatch"]).rstrip()]
+    if document.get("dispatch_error"):
+        lines += ["", f"Dispatch overhead: FAILED ({document['dispatch_error']})"]
     return "\n".join(lines) + "\n"
 
 
 # The compact tables (README): the providers a user chooses between, in this order, when measured.
 SUMMARY_PROVIDERS = ("reference", "plain", "lu-reference", "compile", "cpu", "cuda", "triton", "fastflow+compile")
-SUMMARY_RATIOS = (("cpu", "reference"), ("cpu", "compile"), ("triton", "reference"), ("triton", "compile"),
-                  ("fastflow+compile", "reference"), ("fastflow+compile", "compile"))
+SUMMARY_RATIOS = tuple((fast, base) for fast in ("cpu", "cuda", "triton") for base in BASELINES) + (
+    ("fastflow+compile", "reference"), ("fastflow+compile", "compile"))
 
 
 def _summary_cell(row: Mapping[str, object] | None, copy_gbps: float) -> str:
@@ -153,7 +213,8 @@ def _summary_cell(row: Mapping[str, object] | None, copy_gbps: float) -> str:
 
 def summary(document: Mapping[str, object]) -> str:
     """One compact markdown table per op: median ms per provider and the speed-ups a user weighs (a work-free
-    mode's speed-ups read n/a†, a time whose bandwidth exceeds the copy bandwidth carries ‡)."""
+    mode's speed-ups read n/a†, a time whose bandwidth exceeds the copy bandwidth carries ‡); then what the time
+    budget left out."""
     measured = [row for row in document["results"] if "median_ms" in row]
     copy_gbps = document["copy_bandwidth"]["gbps"]
     by_key = {(row["op"], row["case"], row["mode"], row["provider"]): row for row in measured}
@@ -177,6 +238,12 @@ def summary(document: Mapping[str, object]) -> str:
                     cells.append(f"{base['median_ms'] / fast['median_ms']:.2f}×")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+    # What a time budget left out, and a run still going on: the compact tables are what a GPU check's log shows.
+    late = lack_of_time(document)
+    if late:
+        out += [_lack_of_time_header(document), ""] + [f"- {line}" for line in late] + [""]
+    if document.get("partial"):
+        out += ["**Partial results**: the run was still going on when this was written.", ""]
     return "\n".join(out)
 
 
@@ -190,32 +257,45 @@ def plain_table(document: Mapping[str, object]) -> str:
     notes = footnotes(document)
     missing = not_measured(document["results"])
     lines += ([""] + notes if notes else []) + ([""] + missing if missing else [])
+    late = lack_of_time(document)
+    if late:
+        lines += ["", _lack_of_time_header(document)] + [f"  {line}" for line in late]
     if document.get("dispatch"):
         lines += ["", dispatch.plain(document["dispatch"])]
+    if document.get("dispatch_error"):
+        lines += ["", f"Dispatch overhead: FAILED ({document['dispatch_error']})"]
     return "\n".join(lines)
 
 
-def plot(document: Mapping[str, object], path_stem: Path) -> list[Path]:
-    """Per op: achieved GB/s (top, the copy bandwidth dashed) and speed-up vs reference (bottom) per mode."""
+def plot(document: Mapping[str, object], path: Path) -> Path | None:
+    """One PNG, a band of panels per op: achieved GB/s (top, the copy bandwidth dashed; the median time for an op
+    without byte counts, e.g. a whole model) and speed-up vs reference (bottom), a column per mode. Returns
+    ``path``, or None when nothing was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     measured = [row for row in document["results"] if "median_ms" in row]
-    written = []
-    for op in sorted({row["op"] for row in measured}):
+    ops = sorted({row["op"] for row in measured})
+    if not ops:
+        return None
+    case_counts = [len(dict.fromkeys(row["case"] for row in measured if row["op"] == op)) for op in ops]
+    # Each band as tall as one per-op figure was: half an inch per case and metric, plus the titles.
+    heights = [1 + 0.5 * count for count in case_counts for _ in range(2)]
+    title_inches = 0.6
+    figure = plt.figure(figsize=(6 * len(MODES), sum(heights) + title_inches))
+    grid = figure.add_gridspec(len(heights), len(MODES), height_ratios=heights)
+    for band, op in enumerate(ops):
         op_rows = [row for row in measured if row["op"] == op]
         case_names = list(dict.fromkeys(row["case"] for row in op_rows))
         providers = list(dict.fromkeys(row["provider"] for row in op_rows))
-        figure, axes = plt.subplots(2, len(MODES), figsize=(6 * len(MODES), 2 + 0.5 * len(case_names) * 2),
-                                    squeeze=False)
+        top = ("gbps", "GB/s") if any("gbps" in row for row in op_rows) else ("median_ms", "median ms")
         width = 0.8 / max(1, len(providers))
         for column, mode in enumerate(MODES):
             by_key = {(row["case"], row["provider"]): row for row in op_rows if row["mode"] == mode}
-            for metric_row, (metric, label) in enumerate((("gbps", "GB/s"), ("speedup_vs_reference",
-                                                                            "speed-up vs reference"))):
-                axis = axes[metric_row][column]
+            for metric_row, (metric, label) in enumerate((top, ("speedup_vs_reference", "speed-up vs reference"))):
+                axis = figure.add_subplot(grid[2 * band + metric_row, column])
                 for index, provider in enumerate(providers):
                     cells = [by_key.get((name, provider), {}) for name in case_names]
                     values = [cell.get(metric) or 0.0 for cell in cells]
@@ -224,40 +304,60 @@ def plot(document: Mapping[str, object], path_stem: Path) -> list[Path]:
                     axis.barh(positions, values, height=width, label=provider)
                     for position, value, cell in zip(positions, values, cells, strict=True):
                         # No bar for a path that does no work, a marker on a bandwidth that came from cache.
-                        if "work_free" in cell:
+                        if "work_free" in cell and metric != "median_ms":
                             axis.text(0, position, f" n/a ({provider})", va="center", fontsize=6)
                         elif metric == "gbps" and cell.get("above_copy_bandwidth"):
                             axis.text(value, position, f" {ABOVE_COPY}", va="center", fontsize=6)
                 if metric == "gbps":
                     axis.axvline(document["copy_bandwidth"]["gbps"], color="k", linestyle="--", linewidth=1,
                                  label="copy")
-                else:
+                elif metric != "median_ms":
                     axis.axvline(1.0, color="k", linewidth=1)
                 axis.set_yticks(range(len(case_names)))
                 axis.set_yticklabels(case_names if column == 0 else [""] * len(case_names), fontsize=7)
                 axis.set_title(f"{op} {mode}: {label}", fontsize=9)
                 axis.invert_yaxis()
-        axes[0][0].legend(fontsize=7)
-        title = f"{document['device_name']} {document['date']}"
-        if any(row.get("above_copy_bandwidth") for row in op_rows):
-            title += f"   {ABOVE_COPY}: above the copy bandwidth (data from cache)"
-        figure.suptitle(title, fontsize=9)
-        figure.tight_layout()
-        path = path_stem.with_name(f"{path_stem.name}-{op}.png")
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        written.append(path)
-    return written
+                if column == 0 and metric_row == 0:
+                    axis.legend(fontsize=7)
+    title = f"{document['device_name']} {document['date']}"
+    if any(row.get("above_copy_bandwidth") for row in measured):
+        title += f"   {ABOVE_COPY}: above the copy bandwidth (data from cache)"
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - title_inches / figure.get_figheight()))  # below the title
+    dpi = 110
+    figure.savefig(path, dpi=dpi)
+    # Within the size limit whatever the number of cases: fewer dots per inch until it fits.
+    while path.stat().st_size > MAX_FILE_BYTES and dpi > 30:
+        dpi = int(dpi * 0.7)
+        figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
 
 
-def write_results(document: Mapping[str, object], out_dir: Path, suffix: str = "") -> list[Path]:
-    """Write ``<device>-<date><suffix>.json``, ``.md``, ``-summary.md`` (the compact tables of the README) and
-    ``-<op>.png`` in ``out_dir``; return the paths."""
+def _replace(path: Path, text: str) -> None:
+    # Written beside and renamed: a run stopped while it rewrites its partial results leaves whole files.
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def write_results(document: Mapping[str, object], out_dir: Path, suffix: str = "", plots: bool = True) -> list[Path]:
+    """Write ``<device>-<date><suffix>.json``, ``.md``, ``-summary.md`` (the compact tables of the README) and,
+    with ``plots``, ``.png`` in ``out_dir``; return the paths. The JSON keeps no per-sample times (the medians
+    and quantiles only); one over :data:`MAX_FILE_BYTES` is written without indentation."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{document['device']}-{document['date'][:10]}{suffix}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     summary_path = stem.parent / f"{stem.name}-summary.md"
-    json_path.write_text(json.dumps(document, indent=1, default=str) + "\n")
-    md_path.write_text(markdown(document))
-    summary_path.write_text(summary(document))
-    return [json_path, md_path, summary_path] + plot(document, stem)
+    text = json.dumps(document, indent=1, default=str) + "\n"
+    if len(text.encode()) > MAX_FILE_BYTES:
+        text = json.dumps(document, separators=(",", ":"), default=str) + "\n"
+    _replace(json_path, text)
+    _replace(md_path, markdown(document))
+    _replace(summary_path, summary(document))
+    paths = [json_path, md_path, summary_path]
+    if plots:
+        png = plot(document, stem.with_suffix(".png"))
+        if png is not None:
+            paths.append(png)
+    return paths
