@@ -166,6 +166,44 @@ def _dot_operands(lead, other, DOT_16BIT: tl.constexpr):
     return lead, other
 
 
+@triton.jit
+def _run_of_items(batch, pixels, split, splits, BLOCK_P: tl.constexpr):
+    """``(first, last, blocks_p)``: the contiguous run ``[first, last)`` of the (sample, pixel block) items that
+    split ``split`` of ``splits`` reduces, and the pixel blocks per sample."""
+    blocks_p = tl.cdiv(pixels, BLOCK_P)
+    items = batch * blocks_p
+    per_split = tl.cdiv(items, splits)
+    first = split * per_split
+    return first, tl.minimum(first + per_split, items), blocks_p
+
+
+@triton.jit
+def _item_tiles(
+    g_ptr, x_ptr, item, blocks_p, pixels, offs_o64, mask_o, offs_c64, mask_c,
+    stride_gb, stride_gc, stride_gp, stride_xb, stride_xc, stride_xp,
+    BLOCK_P: tl.constexpr,
+):
+    """The tiles of one (sample, pixel block) item: ``g[b, o-block, p-block]`` ``[BLOCK_O, BLOCK_P]`` and ``xᵀ``
+    ``[BLOCK_P, BLOCK_C]`` (loaded transposed, so that ``g·xᵀ`` needs no transpose), with the sample ``b``
+    (int64), the pixel offsets (int64) and the pixel mask."""
+    b = item // blocks_p
+    offs_p = (item - b * blocks_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < pixels
+    offs_p64 = offs_p.to(tl.int64)
+    b = b.to(tl.int64)
+    g = tl.load(
+        g_ptr + b * stride_gb + offs_o64[:, None] * stride_gc + offs_p64[None, :] * stride_gp,
+        mask=mask_o[:, None] & mask_p[None, :],
+        other=0.0,
+    )
+    x_t = tl.load(
+        x_ptr + b * stride_xb + offs_p64[:, None] * stride_xp + offs_c64[None, :] * stride_xc,
+        mask=mask_p[:, None] & mask_c[None, :],
+        other=0.0,
+    )
+    return g, x_t, b, offs_p64, mask_p
+
+
 # --------------------------------------------------------------------------------------------------
 # Kernels.
 
@@ -262,30 +300,14 @@ def _grad_weight_kernel(
     mask_c = offs_c < channels
     offs_o64 = offs_o.to(tl.int64)
     offs_c64 = offs_c.to(tl.int64)
-    blocks_p = tl.cdiv(pixels, BLOCK_P)
-    items = batch * blocks_p
-    per_split = tl.cdiv(items, tl.num_programs(2))
-    first = split * per_split
-    last = tl.minimum(first + per_split, items)
+    first, last, blocks_p = _run_of_items(batch, pixels, split, tl.num_programs(2), BLOCK_P)
     acc = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
     # The bias row sums cost one add per loaded g: every program keeps them, the j = 0 column stores them.
     acc_bias = tl.zeros((BLOCK_O,), dtype=tl.float32)
     for item in range(first, last):
-        b = item // blocks_p
-        offs_p = (item - b * blocks_p) * BLOCK_P + tl.arange(0, BLOCK_P)
-        mask_p = offs_p < pixels
-        offs_p64 = offs_p.to(tl.int64)
-        b = b.to(tl.int64)
-        g = tl.load(
-            g_ptr + b * stride_gb + offs_o64[:, None] * stride_gc + offs_p64[None, :] * stride_gp,
-            mask=mask_o[:, None] & mask_p[None, :],
-            other=0.0,
-        )
-        # xᵀ loaded directly as [BLOCK_P, BLOCK_C]: the dot needs no transpose.
-        x_t = tl.load(
-            x_ptr + b * stride_xb + offs_p64[:, None] * stride_xp + offs_c64[None, :] * stride_xc,
-            mask=mask_p[:, None] & mask_c[None, :],
-            other=0.0,
+        g, x_t, b, offs_p64, mask_p = _item_tiles(
+            g_ptr, x_ptr, item, blocks_p, pixels, offs_o64, mask_o, offs_c64, mask_c,
+            stride_gb, stride_gc, stride_gp, stride_xb, stride_xc, stride_xp, BLOCK_P,
         )
         acc_bias += tl.sum(g.to(tl.float32), axis=1)
         g, x_t = _dot_operands(g, x_t, DOT_16BIT)
@@ -335,29 +357,14 @@ def _fused_backward_kernel(
         mask=mask_c[:, None] & mask_c[None, :],
         other=0.0,
     )
-    blocks_p = tl.cdiv(pixels, BLOCK_P)
-    items = batch * blocks_p
-    per_split = tl.cdiv(items, tl.num_programs(0))
-    first = split * per_split
-    last = tl.minimum(first + per_split, items)
+    first, last, blocks_p = _run_of_items(batch, pixels, split, tl.num_programs(0), BLOCK_P)
     acc_w = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for item in range(first, last):
-        b = item // blocks_p
-        offs_p = (item - b * blocks_p) * BLOCK_P + tl.arange(0, BLOCK_P)
-        mask_p = offs_p < pixels
-        offs_p64 = offs_p.to(tl.int64)
-        b = b.to(tl.int64)
-        g = tl.load(
-            g_ptr + b * stride_gb + offs_c64[:, None] * stride_gc + offs_p64[None, :] * stride_gp,
-            mask=mask_c[:, None] & mask_p[None, :],
-            other=0.0,
-        )
-        # xᵀ loaded directly as [BLOCK_P, BLOCK_C]: the dot needs no transpose.
-        x_t = tl.load(
-            x_ptr + b * stride_xb + offs_p64[:, None] * stride_xp + offs_c64[None, :] * stride_xc,
-            mask=mask_p[:, None] & mask_c[None, :],
-            other=0.0,
+        # Every output channel of g at once (the ∂L/∂x mix needs them all), so the g tile is [BLOCK_C, BLOCK_P].
+        g, x_t, b, offs_p64, mask_p = _item_tiles(
+            g_ptr, x_ptr, item, blocks_p, pixels, offs_c64, mask_c, offs_c64, mask_c,
+            stride_gb, stride_gc, stride_gp, stride_xb, stride_xc, stride_xp, BLOCK_P,
         )
         g_mix, w_mix = _dot_operands(g, w_t, GX_16BIT)
         grad_x = tl.dot(w_mix, g_mix, input_precision=DOT_PRECISION)

@@ -24,7 +24,7 @@ SCALES = ["sigmoid", "exp", "additive"]
 DIRECTIONS = [(False, False), (True, False), (False, True), (True, True)]  # (flip, inverse)
 
 
-def _leaves(shape, mask, device, dtype, generator):
+def conditioner_inputs(shape, mask, device, dtype, generator) -> dict[str, torch.Tensor]:
     """``x`` (a transposed or strided view) and the conditioner output ``h`` whose slices are ``h_s``, ``h_t``."""
     batch, channels = shape[0], shape[1]
     param_channels = channels // 2 if mask == "channel" else channels
@@ -44,7 +44,7 @@ def _call(mask, scale, flip, inverse, x, h):
 
 def _make_case(shape, mask, scale, flip, inverse) -> OpCase:
     def leaves(device, dtype, generator):
-        return _leaves(shape, mask, device, dtype, generator)
+        return conditioner_inputs(shape, mask, device, dtype, generator)
 
     def call(x, h):
         return _call(mask, scale, flip, inverse, x, h)

@@ -4,8 +4,6 @@ large low-precision inputs, and bad input."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
@@ -16,19 +14,6 @@ from fastflow.reference import actnorm_invconv as reference
 from tests.numerics import assert_close_to_reference
 
 BACKENDS = ["reference", "cpu", "triton"]
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-
-# (B, C, H, W), layout of x: odd C/H/W, C = 1 and C = 17 (one channel past a Triton block), 35 pixels (three pixel
-# blocks under the interpreter), B = 1, an empty batch, transposed H/W and channels-last views.
-CASES = [
-    ((2, 3, 5, 3), "transposed"),
-    ((1, 12, 5, 7), "transposed"),
-    ((0, 5, 3, 3), "contiguous"),
-    ((3, 1, 2, 3), "transposed"),
-    ((2, 17, 3, 3), "contiguous"),
-    ((2, 5, 1, 7), "channels_last"),
-]
-DIRECTIONS = list(itertools.product([False, True], [True, False]))  # (inverse, actnorm)
 PARAMETERS = ("lower", "upper", "log_s", "log_scale", "bias")
 
 
@@ -36,21 +21,6 @@ def _use(backend: str, dtype: torch.dtype) -> None:
     reason = _backends.why_not(backend, "actnorm_invconv", torch.device("cpu"), dtype)
     if reason is not None:
         pytest.skip(f"{backend}: {reason}")
-
-
-def _accumulation(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _make_x(shape, layout: str, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
-    batch, channels, height, width = shape
-    if layout == "transposed":
-        x = torch.randn(batch, channels, width, height, generator=generator).transpose(2, 3)
-    else:
-        x = torch.randn(shape, generator=generator)
-        if layout == "channels_last":
-            x = x.to(memory_format=torch.channels_last)
-    return x.to(dtype)
 
 
 def _make_params(channels: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ import fastflow
 from fastflow import _backends
 from fastflow.ops import additive_coupling, affine_coupling
 from fastflow.reference import coupling as reference
+from tests.ops.cases_coupling import conditioner_inputs
 
 BACKENDS = ["reference", "cpu", "triton", "cuda"]
 
@@ -24,17 +25,9 @@ def _use(backend: str, device: str, dtype: torch.dtype) -> None:
 
 
 def _make_inputs(shape, mask, scale, dtype, device, generator):
-    """``x`` (non-contiguous), and ``(h_s, h_t)`` as strided views of one conditioner output ``h``."""
-    batch, channels = shape[0], shape[1]
-    param_channels = channels // 2 if mask == "channel" else channels
-    # x is a transposed (images) or strided (vectors) view of a bigger tensor.
-    if len(shape) == 4:
-        x = torch.randn(batch, channels, shape[3], shape[2], generator=generator).transpose(2, 3)
-    else:
-        x = torch.randn(batch, 2 * channels, generator=generator)[:, ::2]
-    h = torch.randn(batch, 2 * param_channels, *shape[2:], generator=generator)
-    x, h = x.to(device=device, dtype=dtype), h.to(device=device, dtype=dtype)
-    return x, h
+    """``x`` and the conditioner output ``h`` as the generic suite makes them (``cases_coupling.py``)."""
+    inputs = conditioner_inputs(shape, mask, torch.device(device), dtype, generator)
+    return inputs["x"], inputs["h"]
 
 
 def _split(h: torch.Tensor, scale: str):
