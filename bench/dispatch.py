@@ -70,15 +70,10 @@ def _custom_op(op: str, label: str, name: str, args: tuple) -> Call:
 
 
 def _kernel(op: str, label: str, name: str, args: tuple, device: torch.device) -> Call:
-    if _backends.load_extension() is None:
-        return Call(op, label, KERNEL, skipped="fastflow._C is not built or does not load")
-    key = "CUDA" if device.type == "cuda" else "CPU"
-    try:
-        kernel = getattr(torch.ops.fastflow_C, name)
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastflow_C::{name}", key):
-            return Call(op, label, KERNEL, skipped=f"fastflow._C has no {key} kernel for {name}")
-    except (AttributeError, RuntimeError) as error:
-        return Call(op, label, KERNEL, skipped=_error(error))
+    reason = _backends.extension_reason(f"fastflow_C::{name}", "cuda" if device.type == "cuda" else "cpu")
+    if reason is not None:
+        return Call(op, label, KERNEL, skipped=reason)
+    kernel = getattr(torch.ops.fastflow_C, name)
     return Call(op, label, KERNEL, lambda: kernel(*args))
 
 

@@ -144,8 +144,6 @@ def affine_coupling(
         raw_scale, shift: ``h_s``, ``h_t`` from the conditioner: the transformed half (``mask="channel"``,
             ``[B, C/2, ...]``) or the whole input's shape (``mask="checkerboard"``).
     """
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     return _coupling(x, raw_scale, shift, mask, flip, inverse, scale, clamp)
 
 
@@ -199,7 +197,7 @@ def affine_coupling_backward(
             inv_s = torch.exp(-log_scale(raw_scale, scale, clamp))
         grad_x_b, grad_raw, grad_shift = g_b * inv_s, -d * (g_b * z_b + g_ld), -g_b * inv_s
     else:
-        s = torch.sigmoid(raw_scale + 2.0) if scale == "sigmoid" else torch.exp(log_scale(raw_scale, scale, clamp))
+        s, _ = _scale(raw_scale, scale, clamp)
         grad_x_b, grad_raw, grad_shift = g_b * s, d * (g_b * z_b * s + g_ld), g_b
     if mask == "channel":
         grad_x = torch.cat([grad_x_b, g_a] if flip else [g_a, grad_x_b], dim=1)
