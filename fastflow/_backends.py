@@ -311,12 +311,24 @@ def backend_info() -> dict[str, dict[str, object]]:
 
 
 def format_backend_info(info: dict[str, dict[str, object]] | None = None) -> str:
-    """A small table of :func:`backend_info`."""
+    """A small table of :func:`backend_info`.
+
+    On a machine without a CUDA GPU the GPU backends (``cuda``, and ``triton`` unless its interpreter runs on the
+    CPU) cannot run whatever their build, so their rows say that rather than a probe's reason, which would read
+    as if a kernel were missing; with a GPU the reason is shown as it is.
+    """
     info = backend_info() if info is None else info
+    no_gpu = not torch.cuda.is_available()
+    if no_gpu:
+        built = "" if torch.version.cuda else f" (torch {torch.__version__} is built without CUDA)"
+        gpu_reason = f"needs a CUDA GPU; none on this machine{built}"
     lines = [f"fastflow backends (requested: {get_backend()})"]
     for backend, row in info.items():
         if row["available"]:
             lines.append(f"  {backend:9s} available    ops: {', '.join(row['ops'])}")
-        else:
-            lines.append(f"  {backend:9s} unavailable  {row['reason']}")
+            continue
+        reason = row["reason"]
+        if no_gpu and (backend == "cuda" or (backend == "triton" and not triton_interpreted())):
+            reason = gpu_reason
+        lines.append(f"  {backend:9s} unavailable  {reason}")
     return "\n".join(lines)

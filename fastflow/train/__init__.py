@@ -1,19 +1,36 @@
 """Training: the loop (one process or many under ``torchrun``), checkpoints written atomically, Polyak averaging,
-metrics, PNG sample grids and loss curves."""
+metrics, PNG sample grids and loss curves, a lock of one writer per run folder, and trained runs rebuilt."""
 
-from fastflow.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_run_checkpoint
+from fastflow.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    newest_intact_checkpoint,
+    save_checkpoint,
+    save_run_checkpoint,
+)
 from fastflow.train.distributed import Context
 from fastflow.train.ema import EMA
-from fastflow.train.images import save_grid
+from fastflow.train.images import make_grid, save_grid
+from fastflow.train.lock import RunLock, RunLockedError
 from fastflow.train.loop import TrainConfig, evaluate, train
+from fastflow.train.run import Run, load_run, resume_options
 
 __all__ = [
     "EMA",
+    "CheckpointError",
     "Context",
+    "Run",
+    "RunLock",
+    "RunLockedError",
     "TrainConfig",
     "evaluate",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_run",
+    "make_grid",
+    "newest_intact_checkpoint",
+    "resume_options",
     "save_checkpoint",
     "save_grid",
     "save_run_checkpoint",

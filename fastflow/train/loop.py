@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,15 +32,19 @@ from tqdm.auto import tqdm
 
 from fastflow.data.registry import ImageData
 from fastflow.train.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
+    CheckpointError,
+    check_fresh_start,
+    checkpoint_files,
+    newest_intact_checkpoint,
     remove_stale_temporaries,
     save_run_checkpoint,
 )
 from fastflow.train.distributed import Context
 from fastflow.train.ema import EMA
 from fastflow.train.guard import NonFiniteGuard
-from fastflow.train.images import save_grid
+from fastflow.train.images import make_grid, save_grid
+from fastflow.train.lock import RunLock, RunLockedError
+from fastflow.train.monitor import Monitor, check_tensorboard
 
 __all__ = ["TrainConfig", "evaluate", "train"]
 
@@ -75,7 +80,9 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 500
     out: str = "runs/digits"
-    resume: bool = False
+    resume: bool = False  # continue from the newest intact checkpoint in out
+    overwrite: bool = False  # start afresh in an out that holds checkpoints, deleting them
+    tensorboard: str | None = None  # a folder for TensorBoard event files (needs the tensorboard package)
     model_spec: dict[str, Any] = field(default_factory=dict)  # name and options, for rebuilding from checkpoints
     data_spec: str = "digits"
 
@@ -104,6 +111,15 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
     if config.ema is not None and not 0 < config.ema < 1:
         raise ValueError(f"ema must be in (0, 1) or None, got {config.ema}")
+    if not (isinstance(config.temperature, (int, float)) and math.isfinite(config.temperature)
+            and config.temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {config.temperature!r}")
+    if not config.grad_clip > 0:
+        raise ValueError(f"grad_clip must be positive, got {config.grad_clip}")
+    if config.resume and config.overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or start it afresh")
+    if config.tensorboard:
+        check_tensorboard()
 
 
 class _Objective(nn.Module):
@@ -143,6 +159,10 @@ def evaluate(
 
     Under several processes each evaluates its share and the sums are all-reduced.
     """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     context = context or Context()
     device = next(model.parameters()).device
     was_training = model.training
@@ -191,6 +211,7 @@ class _Trainer:
         self.step = self.epoch = self.cursor = 0
         self.order = self._epoch_order(0)
         self.metrics_path = os.path.join(config.out, "metrics.jsonl")
+        self.monitor: Monitor | None = None
 
     # ----------------------------------------------------------------------------------------------
     # Data, noise and state.
@@ -229,8 +250,16 @@ class _Trainer:
             "levels": self.data.levels,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+    def load_state_dict(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            stored = state.get("model_spec", {})
+            raise ValueError(
+                f"{source} holds a {stored.get('name', '?')} with options {stored.get('options', {})}, which does not "
+                f"fit the model given ({self.config.model_spec.get('options', {})}): "
+                f"{str(error).strip().splitlines()[-1].strip()}"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if self.ema is not None and state.get("ema") is not None:
@@ -242,18 +271,38 @@ class _Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def _resume(self) -> None:
+        """Continue from the newest intact checkpoint; newer damaged ones are skipped with a warning, and a folder
+        whose checkpoints are all damaged is an error (never a fresh start over them)."""
         folder = self.config.out
-        if self.context.is_main:
-            remove_stale_temporaries(folder)
-        self.context.barrier()
-        path = latest_checkpoint(folder)
-        if path is None:
-            return
         # On the CPU: the random states must stay CPU tensors; load_state_dict moves the rest to the device.
-        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        path, state, skipped = newest_intact_checkpoint(folder, map_location="cpu")
+        if self.context.is_main:
+            for _, why in skipped:
+                print(f"fastflow: warning: {why}; skipped", file=sys.stderr, flush=True)
+        if path is None:
+            if skipped:
+                from fastflow.train.run import _no_intact_message
+
+                raise CheckpointError(_no_intact_message(folder, skipped))
+            if self.context.is_main:
+                tqdm.write(f"--resume: no checkpoint in {folder} yet; starting the run")
+            return
+        self.load_state_dict(state, source=f"checkpoint {path!r}")
         if self.context.is_main:
             self._truncate_metrics(self.step)
             tqdm.write(f"resuming from {path} at step {self.step}")
+
+    def _last_metrics(self) -> dict[str, Any]:
+        """The last logged metrics of the run (with its last test bits/dim), for a run with nothing left to do."""
+        metrics: dict[str, Any] = {"step": self.step}
+        if os.path.isfile(self.metrics_path):
+            with open(self.metrics_path) as file:
+                for line in file:
+                    record = json.loads(line)
+                    if "step" in record:
+                        metrics.update(record)
+        metrics["step"] = self.step
+        return metrics
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop the lines a killed run logged after its last checkpoint, so that the file reads as one run."""
@@ -271,8 +320,10 @@ class _Trainer:
         with open(self.metrics_path, "a") as file:
             file.write(json.dumps(record) + "\n")
 
-    def _evaluate_and_sample(self) -> float:
+    def _evaluate_and_sample(self) -> tuple[float, Tensor | None]:
+        """Held-out bits/dim (every process) and the sample grid ``[C, H, W]`` (rank 0; None elsewhere)."""
         config = self.config
+        grid = None
         swap = self.ema.swapped(self.model) if self.ema else contextlib.nullcontext(self.model)
         with swap:
             test_bpd = evaluate(self.model, self.data.test, vector=self.vector, batch_size=config.eval_batch_size,
@@ -284,7 +335,8 @@ class _Trainer:
                 if self.vector:
                     samples = samples.view(-1, *self.data.shape)
                 save_grid(samples, os.path.join(config.out, f"samples_{self.step}.png"), scale=4)
-        return test_bpd
+                grid = make_grid(samples)
+        return test_bpd, grid
 
     def _plot(self) -> None:
         from fastflow.train.plot import save_curves
@@ -314,13 +366,60 @@ class _Trainer:
             f"steps {first}-{self.step}: the loss was not finite (the current batch is finite again); lower --lr"
         )
 
-    def run(self) -> dict[str, Any]:
+    def _lock(self) -> RunLock | None:
+        """Rank 0 takes the run folder's lock; every process learns whether it could, before any work."""
+        lock, failure = None, None
+        if self.context.is_main:
+            try:
+                os.makedirs(self.config.out, exist_ok=True)
+                lock = RunLock(self.config.out).acquire()
+            except OSError as error:
+                failure = error
+        if bool(self.context.all_sum(torch.tensor(float(failure is not None))).item()):
+            raise failure or RunLockedError(f"rank 0 could not take the lock of the run folder {self.config.out}")
+        if lock is not None and lock.stale:
+            tqdm.write(f"note: {self.config.out} was locked by a run that ended without releasing it "
+                       f"(pid {lock.stale.get('pid', '?')} on {lock.stale.get('host', '?')}); taken over")
+        return lock
+
+    def _start(self) -> None:
+        """Resume, or start afresh; a fresh start over existing checkpoints needs ``overwrite``."""
         config, context = self.config, self.context
         if context.is_main:
-            os.makedirs(config.out, exist_ok=True)
+            remove_stale_temporaries(config.out)  # ours to clear: we hold the lock
         context.barrier()
         if config.resume:
             self._resume()
+            return
+        if not config.overwrite:
+            check_fresh_start(config.out)
+        existing = checkpoint_files(config.out)
+        context.barrier()
+        if existing and context.is_main:
+            for path in existing:
+                os.unlink(path)
+            latest = os.path.join(config.out, "checkpoint.pt")
+            if os.path.lexists(latest):
+                os.unlink(latest)
+
+    def run(self) -> dict[str, Any]:
+        lock = self._lock()
+        try:
+            return self._run()
+        finally:
+            if self.monitor is not None:
+                self.monitor.close()
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> dict[str, Any]:
+        config, context = self.config, self.context
+        self._start()
+        if self.step >= self.total_steps:
+            if context.is_main:
+                tqdm.write(f"{config.out} is already at step {self.step} of {self.total_steps}: nothing to train "
+                           "(give a larger --steps or --epochs to train on)")
+            return self._last_metrics()
         if context.is_main and self.step == 0:
             with open(self.metrics_path, "w") as file:
                 file.write(json.dumps({"config": asdict(config), "world_size": context.world_size}) + "\n")
@@ -332,8 +431,8 @@ class _Trainer:
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         first_logged, window_start = self.step + 1, time.perf_counter()
         started = time.perf_counter()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and context.is_main),
-                   desc="train", unit="step")
+        self.monitor = monitor = Monitor(total=self.total_steps, initial=self.step, enabled=context.is_main,
+                                         progress=self.progress, tensorboard=config.tensorboard)
         while self.step < self.total_steps:
             self.step += 1
             step = self.step
@@ -351,7 +450,7 @@ class _Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             bad |= ~torch.isfinite(loss)
-            bar.update(1)
+            monitor.update()
             logging = step % config.log_every == 0 or step == self.total_steps
             evaluating = step % config.eval_every == 0 or step == self.total_steps
             out_of_time = False
@@ -375,12 +474,12 @@ class _Trainer:
                     "seconds": time.perf_counter() - started,
                 }
                 first_logged, window_start = step + 1, time.perf_counter()
-                bar.set_postfix(bpd=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
+                monitor.log(metrics)
             if evaluating:
-                metrics["test_bpd"] = self._evaluate_and_sample()
-                if context.is_main:
-                    tqdm.write(f"step {step:6d}  train {metrics['loss']:.3f} bits/dim  "
-                               f"test {metrics['test_bpd']:.3f} bits/dim  ({metrics['images_per_s']:.0f} images/s)")
+                metrics["test_bpd"], grid = self._evaluate_and_sample()
+                monitor.evaluation(step, metrics["test_bpd"], grid)
+                monitor.write(f"step {step:6d}  train {metrics['loss']:.3f} bits/dim  "
+                              f"test {metrics['test_bpd']:.3f} bits/dim  ({metrics['images_per_s']:.0f} images/s)")
             if (logging or evaluating) and context.is_main:
                 self._log(metrics)
             if evaluating and context.is_main:
@@ -390,10 +489,9 @@ class _Trainer:
                     save_run_checkpoint(self.state_dict(), config.out, keep=config.keep)
                 context.barrier()
             if out_of_time:
-                if context.is_main:
-                    tqdm.write(f"stopping at step {step}: the {config.max_minutes:g}-minute budget is spent")
+                monitor.write(f"stopping at step {step}: the {config.max_minutes:g}-minute budget is spent")
                 break
-        bar.close()
+        monitor.close()
         if context.is_main:
             swap = self.ema.swapped(self.model) if self.ema else contextlib.nullcontext(self.model)
             with swap, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):

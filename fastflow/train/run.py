@@ -1,0 +1,173 @@
+"""A trained run, rebuilt from its folder or one checkpoint file: ``run = fastflow.load_run("runs/glow-digits")``.
+
+A checkpoint names its model and the model's options (``model_spec``), the data's shape and number of levels, so
+the model is rebuilt through :func:`fastflow.models.registry.build_model` and its weights loaded, then the
+Polyak-averaged weights copied in (``weights="averaged"``, what evaluation and sample grids use) unless the raw
+last iterate is asked for. Loading goes through :func:`fastflow.train.checkpoint.load_checkpoint`: the file is
+read with ``weights_only=True`` and its checksum verified. The model runs on whichever kernel backends the
+machine has, the compiled extension or not (the weights do not depend on the backend).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastflow.train.checkpoint import LATEST, CheckpointError, load_checkpoint, newest_intact_checkpoint
+
+__all__ = ["WEIGHTS", "Run", "checkpoint_path", "load_run", "resume_options"]
+
+WEIGHTS = ("averaged", "raw")
+
+
+@dataclass
+class Run:
+    """A model rebuilt from a checkpoint (in eval mode), and what the checkpoint says about it."""
+
+    model: nn.Module
+    checkpoint: dict[str, Any] = field(repr=False)
+    path: str
+    weights: str
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint["step"])
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint["model_spec"]["name"]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.checkpoint["model_spec"].get("options", {}))
+
+    @property
+    def vector(self) -> bool:
+        return bool(self.checkpoint["model_spec"].get("vector", False))
+
+    @property
+    def data_spec(self) -> str:
+        return self.checkpoint.get("data_spec", "digits")
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        return tuple(self.checkpoint["data_shape"])
+
+    @property
+    def levels(self) -> int:
+        return int(self.checkpoint["levels"])
+
+    @torch.no_grad()
+    def sample(self, n: int, *, temperature: float = 0.7, seed: int = 0) -> Tensor:
+        """``n`` images ``[n, C, H, W]`` in ``[0, 1]``, the same as ``fastflow sample --seed`` gives; the global
+        random state is left as it was."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            samples = self.model.sample(n, temperature=temperature)
+        return samples.reshape(-1, *self.data_shape)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def checkpoint_path(path: str | os.PathLike) -> str:
+    """The checkpoint file of ``path``: itself, or a run folder's ``checkpoint.pt``."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.basename(os.path.normpath(path)) == LATEST:
+        return os.path.join(path, LATEST)
+    return path
+
+
+def _check_spec(checkpoint: dict[str, Any], file: str) -> None:
+    spec = checkpoint.get("model_spec")
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise CheckpointError(f"checkpoint {file!r} does not say which model it holds (written by an older fastflow "
+                              "or not by `fastflow train`)")
+    for key in ("data_shape", "levels", "model"):
+        if key not in checkpoint:
+            raise CheckpointError(f"checkpoint {file!r} has no {key!r}: it was not written by `fastflow train`")
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r} ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but this machine has no CUDA device; use 'cpu'")
+    return device
+
+
+def load_run(path: str | os.PathLike, *, device: str | torch.device | None = "cpu",
+             weights: str = "averaged") -> Run:
+    """Rebuild the model of a run folder (its ``checkpoint.pt``) or of one checkpoint file.
+
+    ``weights="averaged"`` loads the Polyak average when the run kept one (what the run's evaluations and samples
+    used), ``"raw"`` the last iterate. ``device``: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+    Raises :class:`~fastflow.train.checkpoint.CheckpointError` (a ``ValueError``) naming the file when it is
+    missing, damaged or not a ``fastflow train`` checkpoint.
+    """
+    from fastflow.models.registry import build_model
+    from fastflow.train.ema import EMA
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    where = _resolve_device(device)
+    file = checkpoint_path(path)
+    checkpoint = load_checkpoint(file, map_location="cpu")
+    _check_spec(checkpoint, file)
+    spec = checkpoint["model_spec"]
+    try:
+        model = build_model(spec["name"], tuple(checkpoint["data_shape"]), int(checkpoint["levels"]),
+                            **spec.get("options", {}))
+        model.load_state_dict(checkpoint["model"])
+        if weights == "averaged" and checkpoint.get("ema"):
+            ema = EMA(model)
+            ema.load_state_dict(checkpoint["ema"])
+            ema.copy_to(model)
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {file!r} does not fit the {spec['name']} model it names: "
+                              f"{str(error).splitlines()[0]}") from None
+    return Run(model.to(where).eval(), checkpoint, file, weights)
+
+
+def resume_options(out: str | os.PathLike, name: str | None, options: dict[str, Any],
+                   explicit: set[str] | frozenset[str] = frozenset()) -> tuple[str, dict[str, Any]] | None:
+    """The model of the run in ``out`` for ``train --resume``: ``(name, options)`` from its newest intact
+    checkpoint, or None when ``out`` has no checkpoint file at all.
+
+    ``name`` (None: not given) and the options in ``explicit`` (those the user set on the command line) must agree
+    with the checkpoint: a conflict is a ``ValueError`` naming both values. Options not given explicitly (defaults,
+    a preset's) are taken from the checkpoint.
+    """
+    path, checkpoint, skipped = newest_intact_checkpoint(out)
+    if path is None:
+        if skipped:
+            raise CheckpointError(_no_intact_message(out, skipped))
+        return None
+    _check_spec(checkpoint, path)
+    spec = checkpoint["model_spec"]
+    if name is not None and name != spec["name"]:
+        raise ValueError(f"--resume: the run in {os.fspath(out)} trains {spec['name']!r}, not {name!r}; drop the "
+                         "model argument or give another --out")
+    stored = dict(spec.get("options", {}))
+    conflicts = [f"--{key.replace('_', '-')} {options[key]!r} (the checkpoint has {stored.get(key)!r})"
+                 for key in sorted(explicit) if key in options and stored.get(key) != options[key]]
+    if conflicts:
+        raise ValueError(f"--resume: {', '.join(conflicts)} conflicts with the run in {os.fspath(out)}; a resumed run "
+                         "keeps its model: drop the flag, or give another --out to train a new model")
+    return spec["name"], stored
+
+
+def _no_intact_message(out: str | os.PathLike, skipped: list[tuple[str, str]]) -> str:
+    reasons = "; ".join(why for _, why in skipped)
+    return (f"--resume: no intact checkpoint in {os.fspath(out)} ({reasons}); refusing to start afresh over a run "
+            "that has checkpoints: restore one, move them away, or give another --out")
