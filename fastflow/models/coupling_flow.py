@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from fastflow._checks import check_int, check_real, sample_arguments
 from fastflow.models.quantization import bits_per_dim, dequantize, standard_normal_log_prob, to_levels
 from fastflow.nn import AffineCoupling, FlowSequential, Squeeze
 
@@ -20,6 +21,8 @@ __all__ = ["CouplingFlow"]
 
 class CouplingFlow(nn.Module):
     """Affine-coupling flow for images with a logit pre-processing and a Gaussian prior.
+
+    Images are integer levels in ``[0, levels)`` or floats in ``[0, 1]`` (``to_levels`` checks the range).
 
     Args:
         in_channels, image_size: ``C`` and ``H = W`` of the images (``H`` even).
@@ -41,10 +44,12 @@ class CouplingFlow(nn.Module):
         scale: str = "sigmoid",
     ):
         super().__init__()
+        in_channels, image_size = check_int("in_channels", in_channels), check_int("image_size", image_size)
         if image_size % 2:
             raise ValueError(f"image_size must be even (the flow squeezes 2×2), got {image_size}")
-        if num_couplings < 2:
-            raise ValueError(f"num_couplings must be at least 2, got {num_couplings}")
+        num_couplings = check_int("num_couplings", num_couplings, minimum=2)
+        hidden_channels, levels = check_int("hidden_channels", hidden_channels), check_int("levels", levels, minimum=2)
+        alpha = check_real("alpha", alpha, low=0.0, high=0.5)
         self.in_channels, self.image_size, self.levels, self.alpha = in_channels, image_size, levels, alpha
         before = num_couplings // 2
         layers: list[nn.Module] = [
@@ -96,19 +101,17 @@ class CouplingFlow(nn.Module):
         return bits_per_dim(self.log_prob(x, noise), self.num_dims)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, device: torch.device | str | None = None) -> Tensor:
-        """``n`` images ``[n, C, H, W]`` in ``[0, 1]``, from ``z ~ N(0, T²)``."""
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+    def sample(
+        self, n: int | tuple[int, ...], temperature: float = 1.0, device: torch.device | str | None = None
+    ) -> Tensor:
+        """``n`` images ``[n, C, H, W]`` in ``[0, 1]`` (``[*n, C, H, W]`` for a shape ``n``), from ``z ~ N(0, T²)``."""
+        shape, count, temperature = sample_arguments(n, temperature)
         parameter = next(self.parameters())
         half = self.image_size // 2
-        z = temperature * torch.randn(n, 4 * self.in_channels, half, half, device=device or parameter.device,
+        z = temperature * torch.randn(count, 4 * self.in_channels, half, half, device=device or parameter.device,
                                       dtype=parameter.dtype)
-        y, _ = self.flow.inverse(z)
-        u = (torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)
-        return u.clamp(0, 1)
+        images = self.inverse(z)
+        return images.reshape(*shape, *images.shape[1:])
 
     def inverse(self, z: Tensor) -> Tensor:
         """Images in ``[0, 1]`` (continuous, before quantisation) from ``z``."""

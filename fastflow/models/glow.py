@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.models.quantization import bits_per_dim, dequantization_noise, standard_normal_log_prob
+from fastflow._checks import check_int, sample_arguments
+from fastflow.models.quantization import bits_per_dim, dequantization_noise, standard_normal_log_prob, to_levels
 from fastflow.nn import FlowStep, InvertibleSequential, Split, Squeeze
 from fastflow.reference.numerics import accumulation_dtype
 
@@ -28,7 +29,7 @@ __all__ = ["Glow"]
 
 
 class Glow(nn.Module):
-    """Glow on images ``[B, C, H, W]`` (uint8 in ``[0, 2^8)`` or floats in ``[0, 1]``).
+    """Glow on images ``[B, C, H, W]`` (uint8 — or any integer dtype — in ``[0, 2^8)``, or floats in ``[0, 1]``).
 
     Args:
         in_channels, image_size: ``C`` and ``H = W`` (divisible by ``2^levels``).
@@ -36,8 +37,9 @@ class Glow(nn.Module):
         coupling: ``"affine"`` or ``"additive"``; lu: LU 1×1 convolutions (fused with ActNorm).
         learn_top: learned top prior; num_classes: class-conditional prior and classifier (ycond).
         n_bits: bits per channel the 8-bit images are reduced to (``2^n_bits`` levels).
-        num_levels: the data's grey levels when they are not ``2^n_bits`` (e.g. 17 for the digits): uint8
-            inputs are then levels in ``[0, num_levels)`` and floats ``k/(num_levels − 1)``.
+        num_levels: the data's grey levels when they are not ``2^n_bits`` (e.g. 17 for the digits): integer
+            inputs are then levels in ``[0, num_levels)`` and floats ``k/(num_levels − 1)``. Values out of range
+            (or NaN) are a ``ValueError`` (``fastflow.models.quantization.to_levels``).
         memory_efficient: rebuild activations from outputs in the backward (memory independent of ``K``).
     """
 
@@ -58,14 +60,18 @@ class Glow(nn.Module):
         num_levels: int | None = None,
     ):
         super().__init__()
-        if levels < 1 or depth < 1:
-            raise ValueError(f"levels and depth must be >= 1, got levels={levels}, depth={depth}")
+        in_channels, image_size = check_int("in_channels", in_channels), check_int("image_size", image_size)
+        levels, depth = check_int("levels", levels), check_int("depth", depth)
+        hidden_channels = check_int("hidden_channels", hidden_channels)
         if image_size % (2**levels):
             raise ValueError(f"image_size must be divisible by 2^levels = {2**levels}, got {image_size}")
+        n_bits = check_int("n_bits", n_bits)
         if not 1 <= n_bits <= 8:
             raise ValueError(f"n_bits must be in 1..8, got {n_bits}")
-        if num_classes is not None and num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 or None, got {num_classes}")
+        if num_classes is not None:
+            num_classes = check_int("num_classes", num_classes, minimum=2)
+        if num_levels is not None:
+            num_levels = check_int("num_levels", num_levels, minimum=2)
         self.in_channels, self.image_size, self.n_bits = in_channels, image_size, n_bits
         self.num_levels = num_levels if num_levels is not None else 2**n_bits
         self.num_classes = num_classes
@@ -109,14 +115,10 @@ class Glow(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must be [B, {', '.join(map(str, expected))}], got {got}")
+        # 8-bit data (uint8 or any integer dtype in [0, 256), floats k/255) reduced to n_bits, or the data's own
+        # num_levels; to_levels checks the range (NaN included) before the reduction.
         eight_bit = self.num_levels == 2**self.n_bits
-        top = 255 if eight_bit else self.num_levels - 1
-        if x.dtype == torch.uint8:
-            k = x.float()
-        elif x.is_floating_point():
-            k = torch.round(x.float() * top)
-        else:
-            raise TypeError(f"x must be uint8 or floats in [0, 1], got {x.dtype}")
+        k = to_levels(x, 256 if eight_bit else self.num_levels)
         if eight_bit and self.n_bits < 8:
             k = torch.floor(k / 2 ** (8 - self.n_bits))
         return k
@@ -237,30 +239,27 @@ class Glow(nn.Module):
     @torch.no_grad()
     def sample(
         self,
-        n: int,
+        n: int | Sequence[int],
         temperature: float | Sequence[float] = 1.0,
         y: Tensor | None = None,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """``n`` images ``[n, C, H, W]`` in ``[0, 1]``; ``temperature`` one value or one per level (finest first)."""
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        if isinstance(temperature, (int, float)):
-            temperatures = [float(temperature)] * len(self.levels)
-        else:
-            temperatures = list(temperature)
-        if len(temperatures) != len(self.levels) or any(t < 0 for t in temperatures):
-            raise ValueError(f"temperature must be >= 0, one value or one per level ({len(self.levels)})")
+        """``n`` images ``[n, C, H, W]`` in ``[0, 1]``; ``temperature`` one value or one per level (finest first).
+
+        ``n`` may be a shape (``(n,)``, ``torch.Size([n, m])``): the images come as ``[*shape, C, H, W]``.
+        """
+        shape, count, temperatures = sample_arguments(n, temperature, levels=len(self.levels))
         parameter = next(self.parameters())
         device = device or parameter.device
         shapes = self.latent_shapes()
         zs = [
-            t * torch.randn(n, *shape, device=device, dtype=parameter.dtype)
-            for t, shape in zip(temperatures, shapes, strict=True)
+            t * torch.randn(count, *shape_z, device=device, dtype=parameter.dtype)
+            for t, shape_z in zip(temperatures, shapes, strict=True)
         ]
-        if y is not None:
-            y = y.to(device)
-        return self.postprocess(self.decode(zs, y)).clamp(0, 1)
+        if isinstance(y, Tensor):  # one label per sample, shaped like n or flat
+            y = y.to(device).reshape(-1) if tuple(y.shape) == shape else y.to(device)
+        images = self.postprocess(self.decode(zs, y)).clamp(0, 1)
+        return images.reshape(*shape, *images.shape[1:])
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """The shape of ``ε`` at every level, finest first."""

@@ -14,14 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.models.quantization import bits_per_dim, dequantize, standard_normal_log_prob
+from fastflow._checks import check_int, sample_arguments
+from fastflow.models.quantization import bits_per_dim, dequantize, standard_normal_log_prob, to_levels
 from fastflow.nn import AdditiveCoupling, FlowSequential, MLPConditioner
 
 __all__ = ["NICE"]
 
 
 class NICE(nn.Module):
-    """NICE on ``[B, D]`` vectors (uint8 levels in ``[0, levels)`` or floats in ``[0, 1]``).
+    """NICE on ``[B, D]`` vectors (integer levels in ``[0, levels)`` or floats in ``[0, 1]``).
 
     Args:
         dim: ``D``; num_couplings: ``K`` (the paper: 4); hidden_size: conditioner width (1000);
@@ -40,8 +41,9 @@ class NICE(nn.Module):
         levels: int = 256,
     ):
         super().__init__()
-        if not isinstance(dim, int) or dim < 2:
-            raise ValueError(f"dim must be an int >= 2, got {dim!r}")
+        dim, num_couplings = check_int("dim", dim, minimum=2), check_int("num_couplings", num_couplings)
+        hidden_size, levels = check_int("hidden_size", hidden_size), check_int("levels", levels, minimum=2)
+        num_hidden_layers = check_int("num_hidden_layers", num_hidden_layers)
         if prior not in ("logistic", "gaussian"):
             raise ValueError(f"prior must be 'logistic' or 'gaussian', got {prior!r}")
         self.dim, self.prior, self.levels = dim, prior, levels
@@ -62,13 +64,7 @@ class NICE(nn.Module):
 
     def preprocess(self, x: Tensor, noise: bool | Tensor = True) -> Tensor:
         self._check(x)
-        if x.dtype == torch.uint8:
-            k = x.float()
-        elif x.is_floating_point():
-            k = torch.round(x.float() * (self.levels - 1))
-        else:
-            raise TypeError(f"x must be uint8 levels or floats in [0, 1], got {x.dtype}")
-        return dequantize(k, self.levels, noise).to(self.log_scale.dtype)
+        return dequantize(to_levels(x, self.levels), self.levels, noise).to(self.log_scale.dtype)
 
     def encode(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """The flow on dequantised ``u [B, D]``: ``(h = exp(S) ⊙ f(u), log|det ∂h/∂u| [B])``."""
@@ -104,14 +100,13 @@ class NICE(nn.Module):
         return bits_per_dim(self.log_prob(x, noise), self.dim)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        """``n`` vectors ``[n, D]`` in ``[0, 1]``."""
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        shape = (n, self.dim)
+    def sample(self, n: int | tuple[int, ...], temperature: float = 1.0) -> Tensor:
+        """``n`` vectors ``[n, D]`` in ``[0, 1]`` (``[*n, D]`` for a shape ``n``)."""
+        shape, count, temperature = sample_arguments(n, temperature)
+        size = (count, self.dim)
         if self.prior == "logistic":
-            p = torch.rand(shape, dtype=self.log_scale.dtype, device=self.log_scale.device).clamp(1e-6, 1 - 1e-6)
+            p = torch.rand(size, dtype=self.log_scale.dtype, device=self.log_scale.device).clamp(1e-6, 1 - 1e-6)
             h = torch.log(p) - torch.log1p(-p)
         else:
-            h = torch.randn(shape, dtype=self.log_scale.dtype, device=self.log_scale.device)
-        return self.inverse(temperature * h).clamp(0, 1)
+            h = torch.randn(size, dtype=self.log_scale.dtype, device=self.log_scale.device)
+        return self.inverse(temperature * h).clamp(0, 1).reshape(*shape, self.dim)

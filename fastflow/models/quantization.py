@@ -11,24 +11,74 @@ import math
 import torch
 from torch import Tensor
 
+from fastflow._checks import values_readable
+
 __all__ = ["bits_per_dim", "dequantization_noise", "dequantize", "standard_normal_log_prob", "to_levels"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def to_levels(x: Tensor, levels: int) -> Tensor:
-    """Integer levels ``k`` (as float) from uint8 ``k`` or floats ``k/(L−1)`` in ``[0, 1]``; ``[B, C, H, W]``."""
+def _host_check(x: Tensor) -> bool:
+    """Whether :func:`to_levels` reads the image's range on the host (and raises) or poisons bad pixels instead.
+
+    A CPU tensor is read: a memory read, no device synchronisation. A GPU tensor is read (one synchronisation per
+    call) outside autograd — evaluation, sampling checks, interactive ``log_prob`` under ``no_grad`` — but not in
+    a differentiable call, which is the training step that must make no host synchronisation (tests/test_glow.py):
+    there an out-of-range pixel becomes NaN (no sync), so that the loss is NaN and the trainer's non-finite guard
+    stops with an error, instead of a silently wrong likelihood. Nothing is read under ``torch.compile``.
+    """
+    if not values_readable(x):
+        return False
+    return x.device.type == "cpu" or not torch.is_grad_enabled()
+
+
+def to_levels(x: Tensor, levels: int, *, name: str = "x") -> Tensor:
+    """Integer levels ``k`` (as float) from integer ``k`` in ``[0, levels)`` (any integer dtype) or floats
+    ``k/(L−1)`` in ``[0, 1]``, any shape; float32 (float64 for float64 ``x``).
+
+    The range is checked, NaN included: a ``ValueError`` naming ``x`` (one host read, see :func:`_host_check` for
+    when; otherwise the bad pixels become NaN). A tensor of another kind (complex) is a ``TypeError``.
+    """
     if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype == torch.uint8:
-        if x.numel() and int(x.max()) >= levels:
-            raise ValueError(f"x: uint8 values must be below levels={levels}, got max {int(x.max())}")
-        return x.float()
-    if not x.is_floating_point():
-        raise TypeError(f"x must be uint8 levels or floats in [0, 1], got {x.dtype}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"x: float images must lie in [0, 1], got [{x.min().item():.3g}, {x.max().item():.3g}]")
-    return torch.round(x * (levels - 1))
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be integer levels or floats in [0, 1], got {x.dtype}")
+    floating = x.is_floating_point()
+    if floating:
+        low, high = 0.0, 1.0
+        k = torch.round((x if x.dtype == torch.float64 else x.float()) * (levels - 1))
+    else:
+        low, high = 0, levels - 1
+        k = x.float()
+    if x.numel() == 0:
+        return k
+    if _host_check(x):
+        # One read of both ends (a NaN makes them NaN, which fails both comparisons). Note for the CPU no-sync
+        # test of tests/test_glow.py: tolist() records no aten::item, so that test does not see this read; it is
+        # a CPU memory read, and the GPU test (sync debug mode) covers the training step's GPU path, which reads
+        # nothing.
+        lo, hi = torch.stack(torch.aminmax(x.to(torch.uint8) if x.dtype == torch.bool else x)).tolist()
+        if not (lo >= low and hi <= high):
+            _raise_range(name, x, levels, lo, hi)
+        return k
+    inside = (x >= low) & (x <= high)  # False at NaN
+    return torch.where(inside, k, torch.nan)
+
+
+def _raise_range(name: str, x: Tensor, levels: int, lo: float, hi: float) -> None:
+    if x.is_floating_point():
+        nans = int(torch.isnan(x).sum())
+        if nans:
+            raise ValueError(f"{name}: float images must lie in [0, 1], got {nans} NaN value(s)")
+        raise ValueError(
+            f"{name}: float images must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]; scale them (e.g. uint8 images / 255) "
+            "or pass the integer levels"
+        )
+    dtype = str(x.dtype).removeprefix("torch.")
+    raise ValueError(
+        f"{name}: {dtype} values must be below levels={levels} and >= 0 (integer images hold the levels "
+        f"0..{levels - 1}), got [{lo}, {hi}]"
+    )
 
 
 def dequantization_noise(k: Tensor, noise: bool | Tensor = True) -> Tensor:

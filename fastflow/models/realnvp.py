@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from fastflow._checks import check_int, check_real, sample_arguments
 from fastflow.models.quantization import bits_per_dim, dequantize, standard_normal_log_prob, to_levels
 from fastflow.nn import AffineCoupling, InvertibleSequential, Squeeze
 from fastflow.nn.resnet import ResNetConditioner
@@ -27,7 +28,7 @@ def _coupling(channels: int, mask: str, flip: bool, hidden_channels: int, num_bl
 
 
 class RealNVP(nn.Module):
-    """RealNVP on images ``[B, C, H, W]`` (uint8 levels or floats in ``[0, 1]``).
+    """RealNVP on images ``[B, C, H, W]`` (integer levels in ``[0, num_levels)`` or floats in ``[0, 1]``).
 
     Args:
         in_channels, image_size: ``C`` and ``H = W`` (divisible by ``2^(levels − 1)``).
@@ -49,8 +50,10 @@ class RealNVP(nn.Module):
         alpha: float = 0.05,
     ):
         super().__init__()
-        if levels < 1:
-            raise ValueError(f"levels must be >= 1, got {levels}")
+        in_channels, image_size = check_int("in_channels", in_channels), check_int("image_size", image_size)
+        levels, hidden_channels = check_int("levels", levels), check_int("hidden_channels", hidden_channels)
+        num_blocks, num_levels = check_int("num_blocks", num_blocks), check_int("num_levels", num_levels, minimum=2)
+        alpha = check_real("alpha", alpha, low=0.0, high=0.5)
         if image_size % (2 ** (levels - 1)):
             raise ValueError(f"image_size must be divisible by 2^(levels - 1) = {2 ** (levels - 1)}, got {image_size}")
         self.in_channels, self.image_size, self.num_levels, self.alpha = in_channels, image_size, num_levels, alpha
@@ -143,12 +146,13 @@ class RealNVP(nn.Module):
         return shapes
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
+    def sample(self, n: int | tuple[int, ...], temperature: float = 1.0) -> Tensor:
+        """``n`` images ``[n, C, H, W]`` in ``[0, 1]`` (``[*n, C, H, W]`` for a shape ``n``), ``z ~ N(0, T²)``."""
+        shape, count, temperature = sample_arguments(n, temperature)
         parameter = next(self.parameters())
         zs = [
-            temperature * torch.randn(n, *s, device=parameter.device, dtype=parameter.dtype)
+            temperature * torch.randn(count, *s, device=parameter.device, dtype=parameter.dtype)
             for s in self.latent_shapes()
         ]
-        return self.inverse(zs)
+        images = self.inverse(zs)
+        return images.reshape(*shape, *images.shape[1:])

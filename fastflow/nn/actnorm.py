@@ -2,7 +2,9 @@
 
 On the first training batch the parameters are set so that every channel of ``y`` has mean 0 and standard
 deviation 1. Under ``torch.distributed`` the statistics are all-reduced first, so every rank starts from the
-same parameters and the result equals one process seeing the whole global batch.
+same parameters and the result equals one process seeing the whole global batch. A batch with a NaN or an
+infinite value (on any rank) is refused with a ``ValueError`` and leaves the layer uninitialised: one host read
+at this one-time initialisation, none afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from fastflow._checks import check_flow_input, check_int
 from fastflow.reference.numerics import accumulation_dtype
 
 __all__ = ["ActNorm"]
@@ -28,8 +31,7 @@ class ActNorm(nn.Module):
 
     def __init__(self, num_channels: int):
         super().__init__()
-        if not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        num_channels = check_int("num_channels", num_channels)
         self.num_channels = num_channels
         self.log_scale = nn.Parameter(torch.zeros(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
@@ -56,10 +58,8 @@ class ActNorm(nn.Module):
     def needs_init(self) -> bool:
         return self.training and not self._initialized
 
-    def _check(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or x.dim() not in (2, 4) or x.shape[1] != self.num_channels:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be [B, {self.num_channels}, H, W] or [B, {self.num_channels}], got {got}")
+    def _check(self, x: Tensor, name: str = "x") -> None:
+        check_flow_input(name, x, self.num_channels, dims=(4, 2))
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -76,6 +76,20 @@ class ActNorm(nn.Module):
         if distributed:
             dist.all_reduce(stats)
             dist.all_reduce(count)
+        # One host read, after the all-reduce: every rank sees the same global numbers and raises alike (no
+        # rank left waiting in a later collective). The parameters are set only after it passes.
+        finite, total = torch.stack([torch.isfinite(stats).all().double(), count[0]]).tolist()
+        if total == 0:
+            raise ValueError(
+                "x: ActNorm initialises its scale and bias from the first training batch, which is empty on every rank"
+            )
+        if not finite:
+            bad = x.numel() - int(torch.isfinite(x).sum())
+            where = f"{bad} of its {x.numel()} values" + ("" if not distributed else " on this rank")
+            raise ValueError(
+                "x: ActNorm's data-dependent initialisation needs a finite first training batch, got NaN or "
+                f"infinite values ({where}); the layer stays uninitialised, and the next finite batch initialises it"
+            )
         mean = stats[0] / count
         var = (stats[1] / count - mean * mean).clamp_min(0.0)
         log_scale = -0.5 * torch.log(var + _EPS)
@@ -101,6 +115,6 @@ class ActNorm(nn.Module):
         return y, self._logdet(x, 1.0)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(y)
+        self._check(y, "y")
         x = (y - self._view(self.bias, y)) * self._view(torch.exp(-self.log_scale), y)
         return x, self._logdet(y, -1.0)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fastflow import ops
+from fastflow._checks import check_flow_input, check_int
 from fastflow.reference.coupling import CLAMP, checkerboard_mask
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "GlowConditioner", "MLPConditioner"]
@@ -29,7 +30,9 @@ class GlowConditioner(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int = 512, cond_channels: int = 0):
         super().__init__()
-        self.cond_channels = cond_channels
+        in_channels, out_channels = check_int("in_channels", in_channels), check_int("out_channels", out_channels)
+        hidden_channels = check_int("hidden_channels", hidden_channels)
+        self.cond_channels = cond_channels = check_int("cond_channels", cond_channels, minimum=0)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels + cond_channels, hidden_channels, 3, padding=1),
             nn.ReLU(),
@@ -59,8 +62,10 @@ class MLPConditioner(nn.Module):
         num_hidden_layers: int = 2,
     ):
         super().__init__()
-        if num_hidden_layers < 1:
-            raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
+        in_features, out_features = check_int("in_features", in_features), check_int("out_features", out_features)
+        hidden_features = check_int("hidden_features", hidden_features)
+        cond_features = check_int("cond_features", cond_features, minimum=0)
+        num_hidden_layers = check_int("num_hidden_layers", num_hidden_layers)
         self.cond_channels = cond_features
         layers: list[nn.Module] = []
         width = in_features + cond_features
@@ -109,8 +114,10 @@ class _Coupling(nn.Module):
         cond_channels: int,
     ):
         super().__init__()
-        if not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        num_channels = check_int("num_channels", num_channels)
+        # Checked even with a given conditioner (which does not use them): a bad value is a mistake either way.
+        hidden_channels = check_int("hidden_channels", hidden_channels)
+        cond_channels = check_int("cond_channels", cond_channels, minimum=0)
         if mask not in ("channel", "checkerboard"):
             raise ValueError(f"mask must be 'channel' or 'checkerboard', got {mask!r}")
         if mask == "channel" and num_channels % 2:
@@ -131,22 +138,17 @@ class _Coupling(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_channels}, mask={self.mask!r}, flip={self.flip}"
 
-    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool, name: str = "x") -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(x, cond, inverse=False)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(y, cond, inverse=True)
+        return self._couple(y, cond, inverse=True, name="y")
 
-    def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        expected = 4 if self.spatial else 2
-        if x.dim() != expected or x.shape[1] != self.num_channels:
-            layout = f"[B, {self.num_channels}, H, W]" if self.spatial else f"[B, {self.num_channels}]"
-            raise ValueError(f"x must be {layout}, got shape {tuple(x.shape)}")
+    def _check_input(self, x: Tensor, name: str = "x") -> None:
+        check_flow_input(name, x, self.num_channels, dims=(4,) if self.spatial else (2,))
 
     def _conditioner_output(self, x: Tensor, cond: Tensor | None) -> Tensor:
         """``h = NN(x_a)``: ``[B, k·C', ...]`` with ``k = 2`` (affine) or 1 (additive)."""
@@ -210,8 +212,8 @@ class AffineCoupling(_Coupling):
         self.scale = scale
         self.clamp = clamp
 
-    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        self._check_input(x)
+    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool, name: str = "x") -> tuple[Tensor, Tensor]:
+        self._check_input(x, name)
         h = self._conditioner_output(x, cond)
         return ops.affine_coupling(
             x, h[:, 1::2], h[:, 0::2], mask=self.mask, scale=self.scale, flip=self.flip, inverse=inverse,
@@ -244,8 +246,8 @@ class AdditiveCoupling(_Coupling):
             spatial=spatial, cond_channels=cond_channels,
         )
 
-    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        self._check_input(x)
+    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool, name: str = "x") -> tuple[Tensor, Tensor]:
+        self._check_input(x, name)
         shift = self._conditioner_output(x, cond)
         return ops.additive_coupling(x, shift, mask=self.mask, flip=self.flip, inverse=inverse)
 

@@ -19,6 +19,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
+from fastflow._checks import check_floating
 from fastflow.nn.container import FlowSequential
 from fastflow.reference.numerics import accumulation_dtype
 
@@ -102,6 +103,7 @@ class InvertibleSequential(FlowSequential):
         return f"memory_efficient={self.memory_efficient}"
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_floating("x", x)
         params = tuple(p for p in self.parameters() if p.requires_grad)
         wants_grad = x.requires_grad or bool(params) or (cond is not None and cond.requires_grad)
         if not (self.memory_efficient and torch.is_grad_enabled() and wants_grad):

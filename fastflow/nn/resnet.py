@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from fastflow._checks import check_int
 from fastflow.nn.coupling import _with_condition
 
 __all__ = ["ResNetConditioner"]
@@ -38,7 +39,9 @@ class ResNetConditioner(nn.Module):
         cond_channels: int = 0,
     ):
         super().__init__()
-        self.cond_channels = cond_channels
+        in_channels, out_channels = check_int("in_channels", in_channels), check_int("out_channels", out_channels)
+        hidden_channels, num_blocks = check_int("hidden_channels", hidden_channels), check_int("num_blocks", num_blocks)
+        self.cond_channels = cond_channels = check_int("cond_channels", cond_channels, minimum=0)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels + cond_channels, hidden_channels, 3, padding=1),
             *[_ResidualBlock(hidden_channels) for _ in range(num_blocks)],

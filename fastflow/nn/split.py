@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from fastflow._checks import check_int
 from fastflow.nn.coupling import AffineCoupling
 from fastflow.nn.zeroconv import ZeroConv2d
 
@@ -28,9 +29,14 @@ class Split(AffineCoupling):
     def __init__(self, num_channels: int, *, cond_channels: int = 0):
         if cond_channels:
             raise ValueError("Split takes no cond: its prior depends on the kept half only")
+        num_channels = check_int("num_channels", num_channels)
+        if num_channels % 2:
+            raise ValueError(
+                f"num_channels must be even (Split keeps one half, factors out the other), got {num_channels}"
+            )
         super().__init__(
             num_channels,
-            conditioner=ZeroConv2d(num_channels // 2, num_channels) if num_channels % 2 == 0 else None,
+            conditioner=ZeroConv2d(num_channels // 2, num_channels),
             mask="channel",
             scale="exp",
             clamp=PRIOR_CLAMP,
@@ -41,4 +47,4 @@ class Split(AffineCoupling):
         return self._couple(x, cond, inverse=True)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(y, cond, inverse=False)
+        return self._couple(y, cond, inverse=False, name="y")

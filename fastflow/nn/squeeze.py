@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fastflow._checks import check_flow_input
 from fastflow.reference.numerics import accumulation_dtype
 
 __all__ = ["Squeeze"]
@@ -17,8 +18,7 @@ class Squeeze(nn.Module):
     """
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            raise ValueError(f"x must be [B, C, H, W], got {_shape(x)}")
+        check_flow_input("x", x, None)
         b, c, h, w = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"x: Squeeze needs even H and W, got {h}×{w}")
@@ -26,8 +26,9 @@ class Squeeze(nn.Module):
         return y, _zero_logdet(x)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not isinstance(y, Tensor) or y.dim() != 4 or y.shape[1] % 4:
-            raise ValueError(f"y must be [B, 4C, H, W] (channels divisible by 4), got {_shape(y)}")
+        check_flow_input("y", y, None)
+        if y.shape[1] % 4:
+            raise ValueError(f"y must be [B, 4C, H, W] (channels divisible by 4), got shape {tuple(y.shape)}")
         b, c4, h, w = y.shape
         x = y.reshape(b, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, 2 * h, 2 * w)
         return x, _zero_logdet(y)
@@ -36,6 +37,3 @@ class Squeeze(nn.Module):
 def _zero_logdet(x: Tensor) -> Tensor:
     return torch.zeros(x.shape[0], dtype=accumulation_dtype(x.dtype), device=x.device)
 
-
-def _shape(x: object) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__

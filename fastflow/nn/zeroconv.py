@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fastflow._checks import check_int
+
 __all__ = ["ZeroConv2d"]
 
 
@@ -17,6 +19,10 @@ class ZeroConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
         super().__init__()
+        in_channels, out_channels = check_int("in_channels", in_channels), check_int("out_channels", out_channels)
+        kernel_size = check_int("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (the output keeps the input's size), got {kernel_size}")
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)

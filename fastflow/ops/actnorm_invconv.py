@@ -9,6 +9,10 @@ inverse uses triangular solves), then makes one pass over the pixels with the cu
 ``C×C`` algebra. The log-determinant ``±H·W·(Σ log_scale + Σ log|s|)`` is a sum of ``2C`` numbers on the
 device: no ``slogdet``, no ``.item()``, no host synchronisation.
 
+Arguments: ``actnorm_invconv`` checks every argument's type, shape and device, and the values of ``perm`` (a
+permutation) and ``sign_s`` (only ``±1``) with one host read per tensor and version; ``actnorm_invconv_checked``
+skips that read for the layers, whose buffers are checked when they change (``fastflow.nn.invconv``).
+
 Kernel contract (shared by every backend):
 
 - ``actnorm_invconv_fwd(x [B, C, H, W], weight [C, C], bias [C]) -> y [B, C, H, W]``: ``x`` any strides and a
@@ -25,10 +29,13 @@ Kernel contract (shared by every backend):
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
 from fastflow import _backends
+from fastflow._checks import check_floating, values_readable
 from fastflow.ops.declaration import EXTENSION, FLOATS, Autograd, Implementation, Op, Stage
 from fastflow.reference import actnorm_invconv as reference
 from fastflow.reference.numerics import accumulation_dtype
@@ -96,12 +103,9 @@ def _check_vector(name: str, value: object, channels: int, like: Tensor) -> None
 
 
 def _validate(x, log_scale, bias, lower, upper, log_s, perm, sign_s) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_floating("x", x)
     if x.dim() != 4:
         raise ValueError(f"x must be [B, C, H, W], got {x.dim()} dimensions (shape {tuple(x.shape)})")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     channels = x.shape[1]
     for name, value in (("lower", lower), ("upper", upper)):
         if not isinstance(value, Tensor):
@@ -120,10 +124,81 @@ def _validate(x, log_scale, bias, lower, upper, log_s, perm, sign_s) -> None:
             _check_vector(name, value, channels, x)
     if perm.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"perm must be an integer tensor (a permutation of 0..C-1), got {perm.dtype}")
+    if sign_s.dtype == torch.bool or sign_s.is_complex():
+        raise TypeError(f"sign_s must be a real tensor of -1 and +1 (the signs of s), got {sign_s.dtype}")
     for name, value in (("lower", lower), ("upper", upper), ("log_s", log_s), ("log_scale", log_scale),
                         ("bias", bias)):
         if value is not None and not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+
+
+def _listing(t: Tensor) -> str:
+    values = t.detach().cpu().tolist()
+    return str(values) if len(values) <= 16 else f"[{', '.join(map(str, values[:16]))}, ...] ({len(values)} values)"
+
+
+def check_perm_and_signs(perm: Tensor | None, sign_s: Tensor | None, *, prefix: str = "") -> None:
+    """``perm`` a permutation of ``0..C-1`` and ``sign_s`` only ``-1``/``+1``, else a ``ValueError`` naming them.
+
+    A duplicate in ``perm`` makes ``P`` singular and an entry of ``sign_s`` off ``±1`` changes ``|det W|``: both
+    would give a silently wrong log-determinant, an index out of range an ``IndexError`` deep inside. Both checks
+    are one host read (one synchronisation for a GPU tensor); ``prefix`` goes before the names (a state_dict key).
+    Shapes and dtypes are the caller's to check.
+    """
+    flags = []
+    if perm is not None:
+        expected = torch.arange(perm.shape[0], device=perm.device, dtype=perm.dtype)
+        flags.append((torch.sort(perm).values == expected).all())
+    if sign_s is not None:
+        flags.append((sign_s.abs() == 1).all())  # NaN fails too
+    if not flags or all(torch.stack([f.to(flags[0].device) for f in flags]).tolist()):
+        return
+    if perm is not None and not bool(flags[0]):
+        channels = perm.shape[0]
+        values = perm.detach().cpu().tolist()
+        outside = sorted({v for v in values if not 0 <= v < channels})
+        if outside:
+            problem = f"{outside[0]} is out of range for {channels} channels"
+        else:
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            missing = sorted(set(range(channels)) - set(values))
+            problem = f"{repeated[0]} appears more than once and {missing[0]} never"
+        raise ValueError(
+            f"{prefix}perm must be a permutation of 0..{channels - 1} (each index exactly once), got "
+            f"{_listing(perm)}: {problem}"
+        )
+    values = sign_s.detach().cpu().tolist()
+    index, bad = next((i, v) for i, v in enumerate(values) if abs(v) != 1)
+    raise ValueError(
+        f"{prefix}sign_s must hold only -1 and +1 (the signs of s; log|s| is log_s), got {_listing(sign_s)}: "
+        f"{bad} at index {index}"
+    )
+
+
+# id(tensor) -> (weak reference, version counter) of the perm / sign_s tensors whose values were checked.
+_CHECKED: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _check_values_once(perm: Tensor, sign_s: Tensor) -> None:
+    """:func:`check_perm_and_signs`, once per tensor and value: a ``perm``/``sign_s`` already checked and not
+    modified since (its version counter unchanged) is not read again, so a caller passing the same buffers every
+    step pays the host read once. (Not a WeakKeyDictionary: its lookups compare tensors with ``==``.)"""
+    try:
+        versions = [t._version for t in (perm, sign_s)]
+    except RuntimeError:  # inference tensors keep no version counter: check every call
+        check_perm_and_signs(perm, sign_s)
+        return
+    def known(t: Tensor, version: int) -> bool:
+        entry = _CHECKED.get(id(t))
+        return entry is not None and entry[0]() is t and entry[1] == version
+
+    if all(known(t, v) for t, v in zip((perm, sign_s), versions, strict=True)):
+        return
+    check_perm_and_signs(perm, sign_s)
+    if len(_CHECKED) > 256:
+        _CHECKED.clear()
+    for t, v in zip((perm, sign_s), versions, strict=True):
+        _CHECKED[id(t)] = (weakref.ref(t), v)
 
 
 def actnorm_invconv(
@@ -145,7 +220,9 @@ def actnorm_invconv(
         log_scale, bias: ActNorm's parameters ``[C]``, or ``None`` for none (the plain 1×1 convolution).
         lower, upper: ``[C, C]``; their strictly lower / upper triangles are ``L − I`` and ``U`` (the rest is
             ignored). log_s: ``log|s|`` ``[C]``, the diagonal of ``U + diag(s)``.
-        perm: ``[C]`` integer permutation, ``(P·v)_i = v[perm[i]]``; sign_s: ``[C]`` signs of ``s`` (±1).
+        perm: ``[C]`` integer permutation, ``(P·v)_i = v[perm[i]]``; sign_s: ``[C]`` signs of ``s`` (±1). Their
+            values are checked (a ``ValueError`` otherwise): one host read the first time a tensor (at its current
+            version) is seen, none afterwards and none under ``torch.compile``.
         inverse: compute ``x = exp(−log_scale) ⊙ (W⁻¹·y − bias)`` from ``x`` playing the role of ``y``.
 
     Returns:
@@ -162,6 +239,37 @@ def actnorm_invconv(
         True
     """
     _validate(x, log_scale, bias, lower, upper, log_s, perm, sign_s)
+    # perm and sign_s come from the caller: their values are checked here, one host read (a synchronisation for
+    # GPU tensors) the first time each tensor is seen at its current version. The layers (InvConv1x1, FlowStep)
+    # call actnorm_invconv_checked with their own buffers instead, which they check when the buffers change
+    # (load_state_dict, assignment): DDP's buffer broadcast bumps the version every step, and a Glow training step
+    # makes no host synchronisation. Under torch.compile there is no host read (it would break the graph): the
+    # values of a compiled call are not checked.
+    if values_readable(perm, sign_s):
+        _check_values_once(perm, sign_s)
+    return _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, bool(inverse))
+
+
+def actnorm_invconv_checked(
+    x: Tensor,
+    log_scale: Tensor | None,
+    bias: Tensor | None,
+    lower: Tensor,
+    upper: Tensor,
+    log_s: Tensor,
+    *,
+    perm: Tensor,
+    sign_s: Tensor,
+    inverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """:func:`actnorm_invconv` for a caller whose ``perm`` and ``sign_s`` values are already checked
+    (``InvConv1x1``'s buffers, see ``fastflow.nn.invconv``): the same checks of shapes, dtypes and devices
+    (free), no check of those values (a host read)."""
+    _validate(x, log_scale, bias, lower, upper, log_s, perm, sign_s)
+    return _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, bool(inverse))
+
+
+def _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, inverse: bool) -> tuple[Tensor, Tensor]:
     if _backends.plain_reference():
         # The forced reference is the plain-PyTorch spec (ActNorm, then conv2d), differentiated by autograd.
         return reference.actnorm_invconv(

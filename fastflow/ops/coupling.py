@@ -24,10 +24,13 @@ Kernel contract (shared by every backend):
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from fastflow import _backends
+from fastflow._checks import check_floating
 from fastflow._codes import MASK_CHANNEL, MASK_CODES, MASK_NAMES, SCALE_ADDITIVE, SCALE_CODES, SCALE_NAMES
 from fastflow.ops.declaration import EXTENSION, FLOATS, Autograd, Implementation, Op, Stage
 from fastflow.reference import coupling as reference
@@ -162,11 +165,9 @@ def _canonical(t: Tensor, mask: str) -> Tensor:
 
 
 def _validate(x, params: dict[str, Tensor | None], mask: str, scale: str | None) -> None:
-    _check_tensor("x", x)
+    check_floating("x", x)
     if x.dim() not in (2, 4):
         raise ValueError(f"x must be [B, C, H, W] or [B, D], got {x.dim()} dimensions (shape {tuple(x.shape)})")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     if mask not in MASK_CODES:
         raise ValueError(f"mask must be one of {tuple(MASK_CODES)}, got {mask!r}")
     if scale is not None and scale not in _AFFINE_SCALES:
@@ -224,8 +225,8 @@ def affine_coupling(
         True
     """
     _validate(x, {"raw_scale": raw_scale, "shift": shift}, mask, scale)
-    if not isinstance(clamp, (int, float)) or clamp <= 0:
-        raise ValueError(f"clamp must be a positive number, got {clamp!r}")
+    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not 0 < clamp < math.inf:
+        raise ValueError(f"clamp must be a positive finite number, got {clamp!r}")
     if _backends.plain_reference():
         # The forced reference is the plain-PyTorch spec, differentiated by autograd (the benchmarks' baseline).
         return reference.affine_coupling(

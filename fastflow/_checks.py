@@ -1,0 +1,137 @@
+"""Argument checks shared by fastflow's layers, models and ops: one function per concern, one message format.
+
+Every check raises a ``TypeError`` (a value of the wrong kind) or a ``ValueError`` (a value out of range) whose
+message names the argument, says what was expected and what was given, and where it helps how to fix it
+(DESIGN.md, "Bad input").
+
+Checks that only look at Python values, shapes and dtypes cost nothing. Checks of a tensor's *values* need a
+host read, a synchronisation for a GPU tensor: :func:`values_readable` says when such a read is possible at all
+(not while ``torch.compile`` traces, not for meta or fake tensors); each caller documents when it makes one.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_flow_input",
+    "check_floating",
+    "check_int",
+    "check_real",
+    "check_temperature",
+    "sample_arguments",
+    "values_readable",
+]
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """``value`` as an ``int >= minimum``; a bool, a float (even ``64.0``) or a string is a ``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {expected}, got {value}")
+    return int(value)
+
+
+def check_real(name: str, value: object, *, low: float, high: float, closed: bool = False) -> float:
+    """``value`` as a float in ``(low, high)`` (``[low, high]`` with ``closed``); NaN and a bool are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    inside = low <= value <= high if closed else low < value < high
+    if not inside:  # NaN is never inside
+        interval = f"[{low}, {high}]" if closed else f"({low}, {high})"
+        raise ValueError(f"{name} must lie in {interval}, got {value}")
+    return value
+
+
+def check_floating(name: str, x: object) -> Tensor:
+    """``x`` must be a floating-point tensor: an integer tensor would be silently truncated by a flow layer."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; convert with {name}.float()")
+    return x
+
+
+def check_flow_input(name: str, x: object, channels: int | None, *, dims: Sequence[int] = (4,)) -> Tensor:
+    """The input of a flow layer's ``forward``/``inverse``: a float tensor ``[B, C, H, W]`` (or ``[B, C]``)."""
+    check_floating(name, x)
+    if x.dim() not in dims or (channels is not None and x.shape[1] != channels):
+        c = "C" if channels is None else str(channels)
+        layouts = {4: f"[B, {c}, H, W]", 2: f"[B, {c}]"}
+        expected = " or ".join(layouts.get(d, f"{d}-d") for d in dims)
+        raise ValueError(f"{name} must be {expected}, got shape {tuple(x.shape)}")
+    return x
+
+
+def values_readable(*tensors: Tensor) -> bool:
+    """Whether the host may read these tensors' values: not while ``torch.compile`` traces (a graph break, or
+    an error under ``fullgraph``), not for meta or fake tensors (they have none)."""
+    if torch.compiler.is_compiling():
+        return False
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return not any(t.device.type == "meta" or isinstance(t, FakeTensor) for t in tensors)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling: ``sample(n)``, ``sample((n,))``, ``sample(torch.Size([n, m]))`` and the temperature.
+
+
+def _sample_shape(n: object) -> tuple[int, ...]:
+    if isinstance(n, bool):
+        raise TypeError(f"n must be a non-negative int or a shape (tuple / torch.Size of ints), got bool {n!r}")
+    if isinstance(n, numbers.Integral):
+        shape = (int(n),)
+    elif isinstance(n, (tuple, list)):  # torch.Size is a tuple
+        if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in n):
+            raise TypeError(f"n must be a non-negative int or a shape (tuple / torch.Size of ints), got {n!r}")
+        shape = tuple(int(d) for d in n)
+    else:
+        raise TypeError(
+            f"n must be a non-negative int or a shape (tuple / torch.Size of ints), got {type(n).__name__} {n!r}"
+        )
+    if any(d < 0 for d in shape):
+        raise ValueError(f"n must be a non-negative int (or a shape of them), got {n!r}")
+    return shape
+
+
+def check_temperature(value: object, name: str = "temperature") -> float:
+    """A sampling temperature: a finite number ``>= 0`` (NaN and ``inf`` refused, as ``t < 0`` alone lets through)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__} {value!r}")
+    t = float(value)
+    if not (math.isfinite(t) and t >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {t}")
+    return t
+
+
+def sample_arguments(
+    n: object, temperature: object, *, levels: int | None = None
+) -> tuple[tuple[int, ...], int, float | list[float]]:
+    """Parse a model's ``sample(n, temperature)``: ``(shape, count, temperature)``.
+
+    ``n`` is an int or a shape, as ``torch.distributions`` takes it: the model draws ``count = prod(shape)``
+    samples and returns them as ``[*shape, ...]`` (``n = 0`` is an empty batch, ``()`` one unbatched sample).
+    ``levels``: the model takes one temperature or one per level (a list of that length comes back).
+    """
+    shape = _sample_shape(n)
+    count = math.prod(shape)
+    if levels is None:
+        return shape, count, check_temperature(temperature)
+    if not isinstance(temperature, Sequence) or isinstance(temperature, str):
+        return shape, count, [check_temperature(temperature)] * levels
+    if len(temperature) != levels:
+        raise ValueError(
+            f"temperature must be one number >= 0 or one per level ({levels}), got {len(temperature)} values"
+        )
+    return shape, count, [check_temperature(t, f"temperature[{i}]") for i, t in enumerate(temperature)]
