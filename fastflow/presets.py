@@ -1,0 +1,95 @@
+"""Presets: the configurations of the papers (and of the README's runs) by name, for ``fastflow train --preset``,
+and the table ``fastflow presets`` prints."""
+
+from __future__ import annotations
+
+import textwrap
+
+from fastflow._arguments import shape_text
+
+__all__ = ["PRESETS", "format_presets"]
+
+
+#: Configurations of the papers (and of this README's runs): model, model options, training options, and the data
+#: set the preset was made for (its name and shape ``(C, H, W)``). Flags given on the command line override them.
+PRESETS: dict[str, dict] = {
+    "glow-digits": {
+        "model": "glow",
+        "options": {"scales": 2, "depth": 8, "hidden": 64},
+        "train": {"lr": 2e-3},
+        "data": {"name": "digits", "shape": (1, 8, 8)},
+    },
+    "glow-cifar10": {
+        # Kingma & Dhariwal (2018): 3 levels of 32 steps, affine coupling, LU 1×1 convolution, learned top prior,
+        # 512 hidden channels, Adam at 1e-3 with a linear warm-up, 8-bit images, batch 64.
+        "model": "glow",
+        "options": {"scales": 3, "depth": 32, "hidden": 512, "coupling": "affine", "lu": True, "learn_top": True,
+                    "n_bits": 8},
+        "train": {"lr": 1e-3, "batch_size": 64, "warmup": 5000, "epochs": 1000.0, "eval_every": 5000},
+        "data": {"name": "CIFAR-10", "shape": (3, 32, 32)},
+    },
+    "glow-fashion": {
+        "model": "glow",
+        "options": {"scales": 2, "depth": 8, "hidden": 128},
+        "train": {"lr": 1e-3, "batch_size": 64, "eval_every": 500},
+        "data": {"name": "Fashion-MNIST", "shape": (1, 28, 28)},
+    },
+    "realnvp-cifar10": {
+        # Dinh et al. (2017): 3 scales, residual conditioners of 64 channels and 8 blocks, Adam at 1e-3.
+        "model": "realnvp",
+        "options": {"scales": 3, "hidden": 64, "blocks": 8},
+        "train": {"lr": 1e-3, "batch_size": 64, "epochs": 100.0, "eval_every": 5000},
+        "data": {"name": "CIFAR-10", "shape": (3, 32, 32)},
+    },
+    "realnvp-fashion": {
+        "model": "realnvp",
+        "options": {"scales": 3, "hidden": 32, "blocks": 1},
+        "train": {"lr": 1e-3, "batch_size": 64, "eval_every": 500},
+        "data": {"name": "Fashion-MNIST", "shape": (1, 28, 28)},
+    },
+    "nice-mnist": {
+        # Dinh et al. (2015): 4 additive couplings of 5 hidden layers of 1000 units, logistic prior.
+        "model": "nice",
+        "options": {"couplings": 4, "hidden": 1000, "layers": 5, "prior": "logistic"},
+        "train": {"lr": 1e-3, "batch_size": 200, "optimizer": "adam", "eval_every": 1000},
+        "data": {"name": "MNIST", "shape": (1, 28, 28)},
+    },
+}
+
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _settings_text(settings: dict) -> str:
+    return " ".join(f"{key.replace('_', '-')}={_value_text(value)}" for key, value in settings.items())
+
+
+def format_presets() -> str:
+    """A table of :data:`PRESETS`: per preset its model, the data set it was made for, the model options and the
+    training settings it sets (as flag names: a flag given on the command line overrides the preset)."""
+    columns = [("preset", 15), ("model", 7), ("made for", 21), ("model options", 28), ("training", 30)]
+    lines = ["  ".join(title.ljust(width) for title, width in columns).rstrip(),
+             "  ".join("-" * width for _, width in columns)]
+    for name in sorted(PRESETS):
+        preset = PRESETS[name]
+        data = preset.get("data", {})
+        made_for = f"{data.get('name', '?')} {shape_text(data.get('shape', ()))}"
+        cells = [name, preset["model"], made_for, _settings_text(preset.get("options", {})),
+                 _settings_text(preset.get("train", {}))]
+        wrapped = [textwrap.wrap(cell, width, break_on_hyphens=False) or [""]
+                   for cell, (_, width) in zip(cells, columns, strict=True)]
+        for row in range(max(len(cell) for cell in wrapped)):
+            parts = [(cell[row] if row < len(cell) else "").ljust(width)
+                     for cell, (_, width) in zip(wrapped, columns, strict=True)]
+            lines.append("  ".join(parts).rstrip())
+    lines.append("")
+    lines += textwrap.wrap("Options a preset does not set take the model's and the trainer's defaults; flags given "
+                           "with --preset override the preset's values, e.g. fastflow train --preset glow-fashion "
+                           "--hidden 64.", 100)
+    return "\n".join(lines)
