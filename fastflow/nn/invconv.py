@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastflow._checks import check_flow_input, check_int
-from fastflow.ops.actnorm_invconv import actnorm_invconv_checked, check_perm_and_signs
+from fastflow.ops.actnorm_invconv import actnorm_invconv, check_perm_and_signs
 from fastflow.reference.actnorm_invconv import lu_weight
 from fastflow.reference.numerics import accumulation_dtype
 
@@ -57,7 +57,7 @@ class InvConv1x1(nn.Module):
         return f"{self.num_channels}, lu={self.lu}"
 
     # perm and sign_s are checked when they change, never per call (see the module docstring): the fused call
-    # below passes them to actnorm_invconv_checked, which reads no values.
+    # below passes them with check_values=False, so that no value is read.
 
     def _check_buffers(self, perm: object, sign_s: object, prefix: str) -> None:
         """``perm``/``sign_s`` (either ``None`` when absent) as the layer's buffers: type, shape, dtype, values."""
@@ -100,9 +100,9 @@ class InvConv1x1(nn.Module):
     def _lu_call(
         self, x: Tensor, log_scale: Tensor | None, bias: Tensor | None, inverse: bool
     ) -> tuple[Tensor, Tensor]:
-        return actnorm_invconv_checked(
+        return actnorm_invconv(
             x, log_scale, bias, self.lower, self.upper, self.log_s, perm=self.perm, sign_s=self.sign_s,
-            inverse=inverse,
+            inverse=inverse, check_values=False,
         )
 
     def _plain(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ inverse uses triangular solves), then makes one pass over the pixels with the cu
 device: no ``slogdet``, no ``.item()``, no host synchronisation.
 
 Arguments: ``actnorm_invconv`` checks every argument's type, shape and device, and the values of ``perm`` (a
-permutation) and ``sign_s`` (only ``±1``) with one host read per tensor and version; ``actnorm_invconv_checked``
+permutation) and ``sign_s`` (only ``±1``) with one host read per tensor and version; ``check_values=False``
 skips that read for the layers, whose buffers are checked when they change (``fastflow.nn.invconv``).
 
 Kernel contract (shared by every backend):
@@ -212,6 +212,7 @@ def actnorm_invconv(
     perm: Tensor,
     sign_s: Tensor,
     inverse: bool = False,
+    check_values: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Fused ActNorm → LU 1×1 convolution ``y = W·(exp(log_scale) ⊙ x + bias)`` (or its inverse) with ``log|det J|``.
 
@@ -224,6 +225,8 @@ def actnorm_invconv(
             values are checked (a ``ValueError`` otherwise): one host read the first time a tensor (at its current
             version) is seen, none afterwards and none under ``torch.compile``.
         inverse: compute ``x = exp(−log_scale) ⊙ (W⁻¹·y − bias)`` from ``x`` playing the role of ``y``.
+        check_values: ``False`` skips the check of ``perm``'s and ``sign_s``'s values, for a caller that checks
+            them itself when they change (``InvConv1x1``'s buffers); shapes, dtypes and devices are always checked.
 
     Returns:
         ``(y [B, C, H, W], logdet [B])``, ``y`` contiguous on the fused path; ``logdet = ±H·W·(Σ log_scale +
@@ -241,31 +244,12 @@ def actnorm_invconv(
     _validate(x, log_scale, bias, lower, upper, log_s, perm, sign_s)
     # perm and sign_s come from the caller: their values are checked here, one host read (a synchronisation for
     # GPU tensors) the first time each tensor is seen at its current version. The layers (InvConv1x1, FlowStep)
-    # call actnorm_invconv_checked with their own buffers instead, which they check when the buffers change
+    # pass check_values=False for their own buffers instead, which they check when the buffers change
     # (load_state_dict, assignment): DDP's buffer broadcast bumps the version every step, and a Glow training step
     # makes no host synchronisation. Under torch.compile there is no host read (it would break the graph): the
     # values of a compiled call are not checked.
-    if values_readable(perm, sign_s):
+    if check_values and values_readable(perm, sign_s):
         _check_values_once(perm, sign_s)
-    return _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, bool(inverse))
-
-
-def actnorm_invconv_checked(
-    x: Tensor,
-    log_scale: Tensor | None,
-    bias: Tensor | None,
-    lower: Tensor,
-    upper: Tensor,
-    log_s: Tensor,
-    *,
-    perm: Tensor,
-    sign_s: Tensor,
-    inverse: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """:func:`actnorm_invconv` for a caller whose ``perm`` and ``sign_s`` values are already checked
-    (``InvConv1x1``'s buffers, see ``fastflow.nn.invconv``): the same checks of shapes, dtypes and devices
-    (free), no check of those values (a host read)."""
-    _validate(x, log_scale, bias, lower, upper, log_s, perm, sign_s)
     return _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, bool(inverse))
 
 
