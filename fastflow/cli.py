@@ -33,6 +33,12 @@ from fastflow._arguments import (
     warn,
 )
 from fastflow.presets import PRESETS, format_presets
+from fastflow.train.checkpoint import BEST
+from fastflow.train.objective import unit_for
+from fastflow.train.run import CHECKPOINTS
+
+CHECKPOINT_HELP = ("of a run folder: best (checkpoint-best.pt, the best validation score, when the data has a "
+                   "validation split; else the latest) or latest (checkpoint.pt); default best")
 
 __all__ = ["PRESETS", "build_parser", "format_presets", "main"]
 
@@ -173,8 +179,11 @@ def _train(args: argparse.Namespace) -> int:
     with doing("write", out):
         metrics = train(model, data, config, progress=not args.no_progress)
     if rank() == 0:
-        print(f"done: test {metrics.get('test_bpd', float('nan')):.3f} bits/dim after {metrics['step']} steps; "
-              f"samples in {os.path.join(out, 'samples.png')}, metrics in {os.path.join(out, 'metrics.jsonl')}")
+        unit = unit_for(data.levels)
+        test = metrics.get(f"test_{unit.key}")
+        score = f"test {test:.3f} {unit.name}" if test is not None else "no evaluation"
+        print(f"done: {score} after {metrics['step']} steps; samples in {os.path.join(out, 'samples.png')}, "
+              f"metrics in {os.path.join(out, 'metrics.jsonl')}")
     return 0
 
 
@@ -185,7 +194,7 @@ def _sample(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     check_out_file(args.out)
     with doing("read", args.run):
-        run = load_run(args.run, device=device)
+        run = load_run(args.run, device=device, checkpoint=args.checkpoint)
     samples = run.sample(args.n, temperature=args.temperature, seed=args.seed)
     with doing("write", args.out):
         save_grid(samples, args.out, scale=args.scale)
@@ -201,7 +210,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     device = check_device(args.device)
     with doing("read", args.run):
-        run = load_run(args.run, device=device)
+        run = load_run(args.run, device=device, checkpoint=args.checkpoint)
     spec = args.data or run.data_spec
     with doing("read"):
         data = fastflow.data.load(spec)
@@ -210,9 +219,13 @@ def _eval(args: argparse.Namespace) -> int:
     if tuple(data.shape) != run.data_shape:
         raise ValueError(f"--data {spec} is {shape_text(data.shape)}, but the run {run.path} was trained on "
                          f"{shape_text(run.data_shape)} images")
-    images = data.test if args.split == "test" else data.train
-    bpd = evaluate(run.model, images, vector=run.vector, batch_size=args.batch_size)
-    print(f"{run.name} (step {run.step}) on {data.name} {args.split}: {bpd:.4f} bits/dim over {len(images)} images")
+    images = {"test": data.test, "train": data.train, "valid": data.valid}[args.split]
+    if images is None:
+        raise ValueError(f"--split valid: --data {spec} has no validation split")
+    score = evaluate(run.model, images, vector=run.vector, batch_size=args.batch_size, unit=run.unit)
+    chosen = " (the best validation score)" if os.path.basename(run.path) == BEST else ""
+    print(f"{run.name} (step {run.step}{chosen}) on {data.name} {args.split}: {score:.4f} {run.unit.name} over "
+          f"{len(images)} images")
     return 0
 
 
@@ -353,17 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     sample.add_argument("--scale", type=positive_int, default=4, help="pixels per image pixel in the PNG (default 4)")
     sample.add_argument("--out", default="samples.png", help="the PNG file written (default samples.png)")
+    sample.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help=CHECKPOINT_HELP)
     sample.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto (default: cuda if there is a GPU), cpu or cuda")
     sample.set_defaults(handler=_sample)
 
     evaluation = commands.add_parser(
-        "eval", help="bits/dim of a trained run on a data split",
+        "eval", help="bits/dim (nats for binary data) of a trained run on a data split",
         description="Bits/dim of a trained run (with its averaged weights) on the test or train split.")
     evaluation.add_argument("run", help="run folder (its checkpoint.pt) or a checkpoint file")
     evaluation.add_argument("--data", help="data spec (default: the run's)")
-    evaluation.add_argument("--split", choices=("test", "train"), default="test", help="the split (default test)")
+    evaluation.add_argument("--split", choices=("test", "valid", "train"), default="test",
+                            help="the split (default test)")
     evaluation.add_argument("--batch-size", type=positive_int, default=500, help="images per batch (default 500)")
+    evaluation.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help=CHECKPOINT_HELP)
     evaluation.add_argument("--device", choices=DEVICES, default="auto",
                             help="auto (default: cuda if there is a GPU), cpu or cuda")
     evaluation.set_defaults(handler=_eval)

@@ -16,7 +16,7 @@ import torch
 import fastflow
 from fastflow.data import ImageData, TextData, read_idx
 
-idx_module = importlib.import_module("fastflow.data.idx")
+paths_module = importlib.import_module("fastflow.data.paths")
 
 FASHION_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -189,11 +189,33 @@ def test_fashion_mnist_alias_uses_fastflow_data(tmp_path, monkeypatch):
 
 def test_fashion_mnist_alias_missing_says_set_fastflow_data(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTFLOW_DATA", str(tmp_path / "empty"))
-    monkeypatch.setattr(idx_module, "_REPO_ROOT", tmp_path / "checkout")
+    monkeypatch.setattr(paths_module, "SHARED_DATA", tmp_path / "shared" / "data")
     with pytest.raises(FileNotFoundError, match="FASTFLOW_DATA") as error:
         fastflow.data.load("fashion-mnist")
     assert str(tmp_path / "empty" / "fashion-mnist") in str(error.value)
     assert str(tmp_path / "shared" / "data" / "fashion-mnist") in str(error.value)
+
+
+def test_binarized_mnist_missing_says_set_fastflow_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTFLOW_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr(paths_module, "SHARED_DATA", tmp_path / "shared" / "data")
+    with pytest.raises(FileNotFoundError, match="FASTFLOW_DATA") as error:
+        fastflow.data.load("binarized-mnist")
+    assert str(tmp_path / "empty" / "binarized_mnist" / "binarized_mnist.npz") in str(error.value)
+
+
+def test_binarized_mnist_has_its_papers_splits():
+    """Larochelle & Murray's split: 50,000 / 10,000 / 10,000 binary images, the validation split kept apart."""
+    path = paths_module.SHARED_DATA / "binarized_mnist" / "binarized_mnist.npz"
+    if not path.is_file():
+        pytest.skip(f"binarized MNIST not found at {path}")
+    data = fastflow.data.load("binarized-mnist")
+    assert (data.name, data.levels, data.shape) == ("binarized-mnist", 2, (1, 28, 28))
+    assert (len(data.train), len(data.valid), len(data.test)) == (50_000, 10_000, 10_000)
+    assert data.train.dtype == data.valid.dtype == torch.uint8 and int(data.valid.max()) == 1
+    assert not torch.equal(data.valid[:100], data.test[:100])
+    same = fastflow.data.load(f"binarized-mnist:{path}")
+    assert torch.equal(same.valid, data.valid)
 
 
 # The real Fashion-MNIST, from the shared data folder beside the checkout.
@@ -219,7 +241,7 @@ def test_real_fashion_mnist(fashion_mnist):
 
 def test_real_fashion_mnist_alias_finds_the_shared_folder(fashion_mnist, monkeypatch):
     monkeypatch.delenv("FASTFLOW_DATA", raising=False)
-    if idx_module._REPO_ROOT.parent / "shared" / "data" / "fashion-mnist" != FASHION_MNIST:
+    if paths_module.SHARED_DATA / "fashion-mnist" != FASHION_MNIST:
         pytest.skip("fastflow is not imported from this checkout, so the alias looks elsewhere")
     data = fastflow.data.load("fashion-mnist")
     assert data.test.shape == (10000, 1, 28, 28)

@@ -97,3 +97,37 @@ def test_diverging_run_stops_and_names_the_layer(tmp_path, capsys):
                  "--no-progress"])
     assert code == 2
     assert "non-finite value first in flow.0.conditioner" in capsys.readouterr().err
+
+
+def test_binary_data_with_a_validation_split_reports_nats_and_keeps_the_best(tmp_path, capsys):
+    """Binary images are scored in nats per example (the autoregressive papers' unit); the validation split
+    chooses checkpoint-best.pt, which eval and sample use, and the test split never chooses."""
+    import numpy as np
+
+    draw = np.random.default_rng(0)
+    prototypes = draw.random((4, 64)) < 0.5
+    def split(n):
+        flips = draw.random((n, 64)) < 0.1
+        return (prototypes[draw.integers(0, 4, n)] ^ flips).astype(np.uint8)
+    np.savez(tmp_path / "binary.npz", train_data=split(512), valid_data=split(128), test_data=split(128))
+    out = tmp_path / "run"
+    assert main(["train", "flow", "--data", f"npz:{tmp_path / 'binary.npz'}", "--hidden", "8", "--couplings", "2",
+                 "--steps", "30", "--eval-every", "10", "--batch-size", "32", "--warmup", "5", "--num-samples", "4",
+                 "--out", str(out), "--no-progress"]) == 0
+    report = capsys.readouterr().out
+    assert "nats" in report and "bits/dim" not in report
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [line for line in logged if "test_nll" in line]
+    assert [line["step"] for line in evaluated] == [10, 20, 30]
+    assert all("valid_nll" in line and "test_bpd" not in line for line in evaluated)
+    best = min(evaluated, key=lambda line: line["valid_nll"])
+    chosen = load_checkpoint(out / "checkpoint-best.pt")
+    assert chosen["step"] == best["step"] and chosen["best"]["valid"] == best["valid_nll"]
+    assert evaluated[-1]["test_nll"] < evaluated[0]["test_nll"]
+    assert main(["eval", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert f"(step {best['step']} (the best validation score))" in line and "nats over 128 images" in line
+    score = float(line.split(": ")[1].split()[0])
+    assert abs(score - best["test_nll"]) < 1e-3  # the same weights, the same fixed noise
+    assert main(["eval", str(out), "--checkpoint", "latest", "--split", "valid"]) == 0
+    assert "(step 30)" in capsys.readouterr().out

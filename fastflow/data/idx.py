@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastflow.data.paths import DATA_ENV, resolve_data_path
+from fastflow.data.paths import named_data_candidates, resolve_data_path
 from fastflow.data.registry import ImageData, register_loader
 
 __all__ = ["load_fashion_mnist", "load_idx", "read_idx"]
@@ -32,8 +32,6 @@ FILES = {
 }
 _TYPE_NAMES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
 _GZIP_MAGIC = b"\x1f\x8b"
-# The directory above the ``fastflow`` package: a source checkout's root.
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_idx(path: str | os.PathLike) -> torch.Tensor:
@@ -128,11 +126,7 @@ def load_fashion_mnist(argument: str | None = None) -> ImageData:
     """
     if argument is not None:
         raise ValueError(f"data spec 'fashion-mnist' takes no argument, got 'fashion-mnist:{argument}'")
-    candidates = []
-    root = os.environ.get(DATA_ENV)
-    if root:
-        candidates.append(Path(root).expanduser() / "fashion-mnist")
-    candidates.append(_REPO_ROOT.parent / "shared" / "data" / "fashion-mnist")
+    candidates = named_data_candidates("fashion-mnist")
     for folder in candidates:
         if folder.is_dir():
             return load_idx(str(folder))

@@ -1,7 +1,8 @@
 """Image data sets stored as a NumPy ``.npz`` archive: spec ``npz:PATH``.
 
 The archive holds a train and a test array under one of the key pairs ``train``/``test``, ``x_train``/``x_test`` or
-``train_data``/``test_data`` (the binarized-MNIST layout), and optionally labels under ``y_train``/``y_test`` or
+``train_data``/``test_data`` (the binarized-MNIST layout), optionally a validation array under ``valid``,
+``x_valid`` or ``valid_data``, and optionally labels under ``y_train``/``y_test`` or
 ``train_labels``/``test_labels``. A relative ``PATH`` is taken from the current directory, else from
 ``$FASTFLOW_DATA``.
 
@@ -19,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastflow.data.paths import resolve_data_path
+from fastflow.data.paths import named_data_candidates, resolve_data_path
 from fastflow.data.registry import ImageData, register_loader
 
-__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "load_npz"]
+__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "VALID_KEYS", "load_binarized_mnist", "load_npz"]
 
 IMAGE_KEYS = (("train", "test"), ("x_train", "x_test"), ("train_data", "test_data"))
+VALID_KEYS = ("valid", "x_valid", "valid_data")
 LABEL_KEYS = (("y_train", "y_test"), ("train_labels", "test_labels"))
 CHANNELS = (1, 3)
 
@@ -41,7 +43,7 @@ def _open(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
         raise ValueError(f"{path}: not a readable .npz archive ({error})") from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: expected a .npz archive of named arrays, found a single .npy array")
-    wanted = {key for pair in IMAGE_KEYS + LABEL_KEYS for key in pair}
+    wanted = {key for pair in IMAGE_KEYS + LABEL_KEYS for key in pair} | set(VALID_KEYS)
     with archive:
         try:
             return list(archive.files), {key: archive[key] for key in archive.files if key in wanted}
@@ -127,20 +129,23 @@ def load_npz(argument: str | None = None) -> ImageData:
             f"{path}: no train/test image arrays; found keys {', '.join(sorted(keys)) or 'none'}, "
             f"expected one of the pairs {_accepted(IMAGE_KEYS)}"
         )
+    valid_key = next((key for key in VALID_KEYS if key in arrays), None)
     splits = {}
     from_floats = False
-    for key in pair:
+    for key in (*pair, *([valid_key] if valid_key else [])):
         where = f"{path}[{key!r}]"
         images, floats = _quantise(_as_nchw(arrays[key], where), where)
         splits[key] = torch.from_numpy(np.ascontiguousarray(images))
         from_floats |= floats
     train, test = (splits[key] for key in pair)
-    if train.shape[1:] != test.shape[1:]:
-        raise ValueError(
-            f"{path}: train images {pair[0]!r} {tuple(train.shape[1:])} and test images {pair[1]!r} "
-            f"{tuple(test.shape[1:])} differ in shape"
-        )
-    binary = not from_floats and int(train.max()) <= 1 and int(test.max()) <= 1
+    valid = splits.get(valid_key)
+    for key in (pair[1], valid_key):
+        if key is not None and splits[key].shape[1:] != train.shape[1:]:
+            raise ValueError(
+                f"{path}: train images {pair[0]!r} {tuple(train.shape[1:])} and {key!r} images "
+                f"{tuple(splits[key].shape[1:])} differ in shape"
+            )
+    binary = not from_floats and all(int(split.max()) <= 1 for split in splits.values() if split.numel())
     label_pair = next(((a, b) for a, b in LABEL_KEYS if a in arrays or b in arrays), (None, None))
     return ImageData(
         name=path.stem,
@@ -149,4 +154,29 @@ def load_npz(argument: str | None = None) -> ImageData:
         levels=2 if binary else 256,
         train_labels=_labels(arrays, label_pair[0], train.shape[0], path),
         test_labels=_labels(arrays, label_pair[1], test.shape[0], path),
+        valid=valid,
+    )
+
+
+BINARIZED_MNIST = "binarized_mnist/binarized_mnist.npz"
+
+
+@register_loader("binarized-mnist")
+def load_binarized_mnist(argument: str | None = None) -> ImageData:
+    """Binarized MNIST (Larochelle & Murray's fixed binarisation, the NADE/MADE/PixelCNN split): train 50,000,
+    validation 10,000, test 10,000 images ``[N, 1, 28, 28]``, 2 levels. Spec ``binarized-mnist`` finds
+    ``$FASTFLOW_DATA/binarized_mnist/binarized_mnist.npz`` (else ``../shared/data/...`` beside the checkout);
+    ``binarized-mnist:PATH`` reads that archive."""
+    if argument is not None:
+        return load_npz(argument)
+    candidates = [folder.parent / BINARIZED_MNIST for folder in named_data_candidates("binarized_mnist")]
+    for path in candidates:
+        if path.is_file():
+            data = load_npz(str(path))
+            data.name = "binarized-mnist"
+            return data
+    raise FileNotFoundError(
+        f"binarized MNIST not found (tried {', '.join(map(str, candidates))}): set FASTFLOW_DATA to the folder that "
+        "holds binarized_mnist/binarized_mnist.npz (arrays train_data, valid_data, test_data), or use "
+        "'binarized-mnist:PATH'"
     )

@@ -9,9 +9,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DATA_ENV", "resolve_data_path"]
+__all__ = ["DATA_ENV", "SHARED_DATA", "named_data_candidates", "resolve_data_path"]
 
 DATA_ENV = "FASTFLOW_DATA"
+#: The shared data folder beside a source checkout (``../shared/data`` from the repository's root).
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def named_data_candidates(name: str) -> list[Path]:
+    """Where a data set known by name (``fashion-mnist``, ``binarized_mnist``...) may lie: ``$FASTFLOW_DATA/name``,
+    then ``../shared/data/name`` beside the checkout."""
+    candidates = []
+    root = os.environ.get(DATA_ENV)
+    if root:
+        candidates.append(Path(root).expanduser() / name)
+    candidates.append(SHARED_DATA / name)
+    return candidates
 
 
 def _describe(path: Path) -> str:

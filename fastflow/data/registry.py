@@ -23,6 +23,8 @@ class ImageData:
     """Quantised images: ``train``/``test`` uint8 ``[N, C, H, W]`` with values in ``[0, levels)``.
 
     ``train_labels``/``test_labels``: optional int64 class labels ``[N]``, one per image, for labelled sets.
+    ``valid``: an optional held-out validation split (binarized MNIST has one) that chooses the checkpoint a run
+    is scored with, so that the test split stays unseen.
     """
 
     name: str
@@ -31,6 +33,7 @@ class ImageData:
     levels: int
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -30,7 +30,9 @@ from typing import Any
 import torch
 
 __all__ = [
+    "BEST",
     "CHECKSUM_KEY",
+    "LATEST",
     "CheckpointError",
     "check_fresh_start",
     "checkpoint_files",
@@ -45,6 +47,7 @@ __all__ = [
 
 _STEP_FILE = re.compile(r"checkpoint-(\d+)\.pt$")
 LATEST = "checkpoint.pt"
+BEST = "checkpoint-best.pt"  # with a validation split: the state of the best validation score
 CHECKSUM_KEY = "checksum"
 
 #: Fault injection for the tests of the guarantee above: when this environment variable names a step, the process

@@ -9,7 +9,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["make_grid", "save_grid"]
+__all__ = ["draw_samples", "make_grid", "save_grid"]
+
+
+@torch.no_grad()
+def draw_samples(model: torch.nn.Module, n: int, shape: tuple[int, ...], *, temperature: float = 0.7,
+                 seed: int = 0) -> torch.Tensor:
+    """``n`` samples of ``model`` as images ``[n, *shape]``, drawn under the seed ``seed`` with the global random
+    state left as it was. ``temperature`` goes to models whose ``sample`` takes one (the flows; not the Bernoulli
+    models, whose conditionals are sampled exactly)."""
+    import inspect
+
+    kwargs = {"temperature": temperature} if "temperature" in inspect.signature(model.sample).parameters else {}
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        samples = model.sample(n, **kwargs)
+    return samples.reshape(-1, *shape)
 
 
 def make_grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 1) -> torch.Tensor:

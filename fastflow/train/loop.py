@@ -10,7 +10,10 @@ the step, so a run resumed from a checkpoint repeats the losses of an uninterrup
 Every ``eval_every`` steps: bits/dim of the held-out split (with the averaged weights, a fixed noise), a PNG grid of
 samples and the PNG loss curve; every ``checkpoint_every`` steps an atomic checkpoint (model, optimiser, schedule,
 average, data position, random states). Rank 0 logs and writes; ``metrics.jsonl`` holds one JSON object per logged
-step (``step``, ``loss`` in bits/dim, ``lr``, ``grad_norm``, ``images_per_s``, and at evaluations ``test_bpd``).
+step (``step``, ``loss``, ``lr``, ``grad_norm``, ``images_per_s``, and at evaluations ``test_bpd``, or ``test_nll`` in
+nats for binary data, and ``valid_...`` when the data has a validation split). The losses are per-example negative
+log-likelihoods in bits/dim, or in nats for binary data (``fastflow.train.objective``). With a validation split,
+``checkpoint-best.pt`` holds the state of the best validation score, which ``fastflow eval`` scores.
 """
 
 from __future__ import annotations
@@ -32,19 +35,22 @@ from tqdm.auto import tqdm
 
 from fastflow.data.registry import ImageData
 from fastflow.train.checkpoint import (
+    BEST,
     CheckpointError,
     check_fresh_start,
     checkpoint_files,
     newest_intact_checkpoint,
     remove_stale_temporaries,
+    save_checkpoint,
     save_run_checkpoint,
 )
 from fastflow.train.distributed import Context
 from fastflow.train.ema import EMA
 from fastflow.train.guard import NonFiniteGuard
-from fastflow.train.images import make_grid, save_grid
+from fastflow.train.images import draw_samples, make_grid, save_grid
 from fastflow.train.lock import RunLock, RunLockedError
 from fastflow.train.monitor import Monitor, check_tensorboard
+from fastflow.train.objective import BITS_PER_DIM, Objective, Unit, unit_for
 
 __all__ = ["TrainConfig", "evaluate", "train"]
 
@@ -122,20 +128,6 @@ def _check_config(config: TrainConfig) -> None:
         check_tensorboard()
 
 
-class _Objective(nn.Module):
-    """Per-example bits/dim of ``model`` as ``forward``, so that DistributedDataParallel sees the training call."""
-
-    def __init__(self, model: nn.Module, vector: bool):
-        super().__init__()
-        self.model = model
-        self.vector = vector
-
-    def forward(self, x: Tensor, noise: Tensor) -> Tensor:
-        if self.vector:
-            x, noise = x.flatten(1), noise.flatten(1)
-        return self.model.bits_per_dim(x, noise=noise)
-
-
 def _generator(seed: int, *stream: int) -> torch.Generator:
     """A CPU generator whose state depends only on the seed and the stream's numbers (epoch, step, ...)."""
     value = seed
@@ -154,8 +146,10 @@ def evaluate(
     seed: int = 1234,
     context: Context | None = None,
     precision: str = "fp32",
+    unit: Unit = BITS_PER_DIM,
 ) -> float:
-    """Mean bits/dim of ``images`` with a fixed dequantisation noise (evaluations compare across runs and steps).
+    """Mean negative log-likelihood of ``images`` in ``unit`` (bits/dim, or nats for binary data), with a fixed
+    dequantisation noise (evaluations compare across runs and steps).
 
     Under several processes each evaluates its share and the sums are all-reduced.
     """
@@ -167,15 +161,15 @@ def evaluate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    objective = _Objective(model, vector)
+    objective = Objective(model, vector, unit)
     noise = torch.rand(images.shape, generator=_generator(seed))
     share = torch.arange(len(images)).chunk(context.world_size)
     mine = share[context.rank] if context.rank < len(share) else torch.arange(0)
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for index in mine.split(batch_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            bpd = objective(images[index].to(device), noise[index].to(device))
-        total += torch.stack([bpd.double().sum(), torch.tensor(float(len(index)), device=device)])
+            loss = objective(images[index].to(device), noise[index].to(device))
+        total += torch.stack([loss.double().sum(), torch.tensor(float(len(index)), device=device)])
     model.train(was_training)
     total = context.all_sum(total)
     return (total[0] / total[1].clamp_min(1)).item()
@@ -191,6 +185,8 @@ class _Trainer:
         if len(data.train) < config.batch_size:
             raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.train)} training images")
         self.vector = bool(config.model_spec.get("vector", False))
+        self.unit = unit_for(data.levels)
+        self.best: dict[str, Any] | None = None  # {"step", "valid"}: the evaluation the validation split chose
         self.device = context.device
         self.local_batch = config.batch_size // world
         self.steps_per_epoch = len(data.train) // config.batch_size
@@ -199,7 +195,7 @@ class _Trainer:
         )
         self.checkpoint_every = config.checkpoint_every or config.eval_every
         model.to(self.device).train()
-        self.objective = _Objective(model, self.vector)
+        self.objective = Objective(model, self.vector, self.unit)
         if context.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = DistributedDataParallel(self.objective, device_ids=ids)
@@ -248,6 +244,8 @@ class _Trainer:
             "data_spec": self.config.data_spec,
             "data_shape": list(self.data.shape),
             "levels": self.data.levels,
+            "unit": self.unit.name,
+            "best": self.best,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
@@ -265,6 +263,7 @@ class _Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
+        self.best = state.get("best")
         self.order = self._epoch_order(self.epoch)
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
@@ -293,7 +292,7 @@ class _Trainer:
             tqdm.write(f"resuming from {path} at step {self.step}")
 
     def _last_metrics(self) -> dict[str, Any]:
-        """The last logged metrics of the run (with its last test bits/dim), for a run with nothing left to do."""
+        """The last logged metrics of the run (with its last test score), for a run with nothing left to do."""
         metrics: dict[str, Any] = {"step": self.step}
         if os.path.isfile(self.metrics_path):
             with open(self.metrics_path) as file:
@@ -302,6 +301,7 @@ class _Trainer:
                     if "step" in record:
                         metrics.update(record)
         metrics["step"] = self.step
+        metrics["unit"] = self.unit.name
         return metrics
 
     def _truncate_metrics(self, step: int) -> None:
@@ -320,37 +320,53 @@ class _Trainer:
         with open(self.metrics_path, "a") as file:
             file.write(json.dumps(record) + "\n")
 
-    def _evaluate_and_sample(self) -> tuple[float, Tensor | None]:
-        """Held-out bits/dim (every process) and the sample grid ``[C, H, W]`` (rank 0; None elsewhere)."""
+    def _sample(self, seed: int) -> Tensor:
+        """``num_samples`` images ``[N, C, H, W]`` from the model (its own random state left untouched)."""
+        return draw_samples(self.model, self.config.num_samples, self.data.shape,
+                            temperature=self.config.temperature, seed=seed)
+
+    def _evaluate_and_sample(self) -> tuple[dict[str, float], Tensor | None]:
+        """The held-out scores (every process): ``test_<key>`` and, with a validation split, ``valid_<key>``; and
+        the sample grid ``[C, H, W]`` (rank 0; None elsewhere)."""
         config = self.config
-        grid = None
+        grid, scores = None, {}
+        splits = {"test": self.data.test, **({"valid": self.data.valid} if self.data.valid is not None else {})}
         swap = self.ema.swapped(self.model) if self.ema else contextlib.nullcontext(self.model)
         with swap:
-            test_bpd = evaluate(self.model, self.data.test, vector=self.vector, batch_size=config.eval_batch_size,
-                                context=self.context, precision=config.precision)
+            for split, images in splits.items():
+                scores[f"{split}_{self.unit.key}"] = evaluate(
+                    self.model, images, vector=self.vector, batch_size=config.eval_batch_size, context=self.context,
+                    precision=config.precision, unit=self.unit)
             if self.context.is_main:
-                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                    torch.manual_seed(config.seed + self.step)
-                    samples = self.model.sample(config.num_samples, temperature=config.temperature)
-                if self.vector:
-                    samples = samples.view(-1, *self.data.shape)
+                samples = self._sample(config.seed + self.step)
                 save_grid(samples, os.path.join(config.out, f"samples_{self.step}.png"), scale=4)
                 grid = make_grid(samples)
-        return test_bpd, grid
+        return scores, grid
+
+    def _keep_best(self, scores: dict[str, float]) -> None:
+        """With a validation split: the state of the best validation score so far as ``checkpoint-best.pt`` (what
+        ``fastflow eval`` scores, so that the test split never chooses)."""
+        valid = scores.get(f"valid_{self.unit.key}")
+        if valid is None or not math.isfinite(valid) or (self.best is not None and valid >= self.best["valid"]):
+            return
+        self.best = {"step": self.step, "valid": valid}
+        if self.context.is_main:
+            save_checkpoint(self.state_dict(), os.path.join(self.config.out, BEST))
 
     def _plot(self) -> None:
         from fastflow.train.plot import save_curves
 
-        train, test = [], []
+        curves: dict[str, list[tuple[float, float]]] = {"train": [], "valid": [], "test": []}
+        keys = {"train": "loss", "valid": f"valid_{self.unit.key}", "test": f"test_{self.unit.key}"}
         with open(self.metrics_path) as file:
             for line in file:
                 record = json.loads(line)
-                if "loss" in record:
-                    train.append((record["step"], record["loss"]))
-                if "test_bpd" in record:
-                    test.append((record["step"], record["test_bpd"]))
-        save_curves(os.path.join(self.config.out, "loss.png"), {"train": train, "test": test},
-                    title=f"{self.config.model_spec.get('name', 'model')} on {self.config.data_spec}")
+                for curve, key in keys.items():
+                    if key in record:
+                        curves[curve].append((record["step"], record[key]))
+        save_curves(os.path.join(self.config.out, "loss.png"), {k: v for k, v in curves.items() if v},
+                    title=f"{self.config.model_spec.get('name', 'model')} on {self.config.data_spec} "
+                          f"({self.unit.name})")
 
     def _diagnose(self, images: Tensor, noise: Tensor, first: int) -> None:
         """A non-finite loss appeared since step ``first``: name the first layer that produced it, then stop."""
@@ -358,7 +374,7 @@ class _Trainer:
         try:
             guard.start()
             with torch.no_grad():
-                loss = _Objective(self.model, self.vector)(images, noise).mean()
+                loss = Objective(self.model, self.vector, self.unit)(images, noise).mean()
             guard.check(self.step, loss)
         finally:
             guard.close()
@@ -398,9 +414,9 @@ class _Trainer:
         if existing and context.is_main:
             for path in existing:
                 os.unlink(path)
-            latest = os.path.join(config.out, "checkpoint.pt")
-            if os.path.lexists(latest):
-                os.unlink(latest)
+            for name in ("checkpoint.pt", BEST):
+                if os.path.lexists(os.path.join(config.out, name)):
+                    os.unlink(os.path.join(config.out, name))
 
     def run(self) -> dict[str, Any]:
         lock = self._lock()
@@ -432,7 +448,7 @@ class _Trainer:
         first_logged, window_start = self.step + 1, time.perf_counter()
         started = time.perf_counter()
         self.monitor = monitor = Monitor(total=self.total_steps, initial=self.step, enabled=context.is_main,
-                                         progress=self.progress, tensorboard=config.tensorboard)
+                                         progress=self.progress, tensorboard=config.tensorboard, unit=self.unit)
         while self.step < self.total_steps:
             self.step += 1
             step = self.step
@@ -476,10 +492,16 @@ class _Trainer:
                 first_logged, window_start = step + 1, time.perf_counter()
                 monitor.log(metrics)
             if evaluating:
-                metrics["test_bpd"], grid = self._evaluate_and_sample()
-                monitor.evaluation(step, metrics["test_bpd"], grid)
-                monitor.write(f"step {step:6d}  train {metrics['loss']:.3f} bits/dim  "
-                              f"test {metrics['test_bpd']:.3f} bits/dim  ({metrics['images_per_s']:.0f} images/s)")
+                scores, grid = self._evaluate_and_sample()
+                metrics.update(scores)
+                self._keep_best(scores)
+                monitor.evaluation(step, scores, grid)
+                unit = self.unit.name
+                valid = scores.get(f"valid_{self.unit.key}")
+                monitor.write(f"step {step:6d}  train {metrics['loss']:.3f} {unit}  "
+                              + (f"valid {valid:.3f} {unit}  " if valid is not None else "")
+                              + f"test {scores[f'test_{self.unit.key}']:.3f} {unit}  "
+                              f"({metrics['images_per_s']:.0f} images/s)")
             if (logging or evaluating) and context.is_main:
                 self._log(metrics)
             if evaluating and context.is_main:
@@ -494,12 +516,12 @@ class _Trainer:
         monitor.close()
         if context.is_main:
             swap = self.ema.swapped(self.model) if self.ema else contextlib.nullcontext(self.model)
-            with swap, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(config.seed)
-                samples = self.model.sample(config.num_samples, temperature=config.temperature)
-            save_grid(samples.view(-1, *self.data.shape), os.path.join(config.out, "samples.png"), scale=4)
-        if "test_bpd" in metrics and not math.isfinite(metrics["test_bpd"]):
-            raise FloatingPointError("training ended with a non-finite test bits/dim")
+            with swap:
+                save_grid(self._sample(config.seed), os.path.join(config.out, "samples.png"), scale=4)
+        test = metrics.get(f"test_{self.unit.key}")
+        if test is not None and not math.isfinite(test):
+            raise FloatingPointError(f"training ended with a non-finite test {self.unit.name}")
+        metrics["unit"] = self.unit.name
         return metrics
 
 

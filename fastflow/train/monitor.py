@@ -4,8 +4,9 @@ file, and optionally TensorBoard.
 - Standard error a terminal: a tqdm bar with bits/dim and images/s, updated in place.
 - Standard error a file or a pipe (a batch job's log, ``2> train.log``): no carriage returns; one line per
   ``log_every`` steps (``step 120/1500  loss 3.412 bits/dim  lr 2.0e-03  grad 1.84  910 images/s``).
-- ``tensorboard`` (a folder): ``torch.utils.tensorboard`` scalars ``train/bits_per_dim`` (the loss),
-  ``test/bits_per_dim``, ``train/lr``, ``train/grad_norm``, ``train/images_per_s`` and the sample grids as images.
+- ``tensorboard`` (a folder): ``torch.utils.tensorboard`` scalars ``train/bits_per_dim`` (the loss; ``nll_nats``
+  for binary data), ``test/bits_per_dim`` (and ``valid/...``), ``train/lr``, ``train/grad_norm``,
+  ``train/images_per_s`` and the sample grids as images.
   A resumed run purges the events logged after its checkpoint, so the curves read as one run.
 
 Only the main process (rank 0) shows anything.
@@ -18,6 +19,8 @@ from typing import Any, TextIO
 
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from fastflow.train.objective import BITS_PER_DIM, Unit
 
 __all__ = ["Monitor", "check_tensorboard"]
 
@@ -36,8 +39,8 @@ class Monitor:
     """Progress and metrics of one run, for rank 0 (``enabled=False`` on the other ranks: everything no-ops)."""
 
     def __init__(self, *, total: int, initial: int, enabled: bool, progress: bool, tensorboard: str | None = None,
-                 stream: TextIO | None = None):
-        self.total, self.enabled = total, enabled
+                 stream: TextIO | None = None, unit: Unit = BITS_PER_DIM):
+        self.total, self.enabled, self.unit = total, enabled, unit
         self.stream = stream or sys.stderr
         interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self.lines = enabled and progress and not interactive
@@ -59,25 +62,27 @@ class Monitor:
         self.bar.update(1)
 
     def log(self, metrics: dict[str, Any]) -> None:
-        """One logged interval: ``step``, ``loss`` (bits/dim), ``lr``, ``grad_norm``, ``images_per_s``."""
+        """One logged interval: ``step``, ``loss`` (in the unit), ``lr``, ``grad_norm``, ``images_per_s``."""
         if not self.enabled:
             return
-        self.bar.set_postfix(bpd=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
+        self.bar.set_postfix({self.unit.key: f"{metrics['loss']:.3f}", "img_s": f"{metrics['images_per_s']:.0f}"})
         if self.lines:
-            print(f"step {metrics['step']}/{self.total}  loss {metrics['loss']:.3f} bits/dim  lr {metrics['lr']:.1e}"
+            print(f"step {metrics['step']}/{self.total}  loss {metrics['loss']:.3f} {self.unit.name}  "
+                  f"lr {metrics['lr']:.1e}"
                   f"  grad {metrics['grad_norm']:.3g}  {metrics['images_per_s']:.0f} images/s", file=self.stream,
                   flush=True)
         if self.writer is not None:
             step = metrics["step"]
-            self.writer.add_scalar("train/bits_per_dim", metrics["loss"], step)
+            self.writer.add_scalar(f"train/{self.unit.tag}", metrics["loss"], step)
             self.writer.add_scalar("train/lr", metrics["lr"], step)
             self.writer.add_scalar("train/grad_norm", metrics["grad_norm"], step)
             self.writer.add_scalar("train/images_per_s", metrics["images_per_s"], step)
 
-    def evaluation(self, step: int, test_bpd: float, grid: Tensor | None) -> None:
-        """The held-out bits/dim and the sample grid ``[C, H, W]`` in ``[0, 1]`` of an evaluation."""
+    def evaluation(self, step: int, scores: dict[str, float], grid: Tensor | None) -> None:
+        """The held-out scores (``test_<key>``, ``valid_<key>``) and the sample grid ``[C, H, W]`` in ``[0, 1]``."""
         if self.writer is not None:
-            self.writer.add_scalar("test/bits_per_dim", test_bpd, step)
+            for name, value in scores.items():
+                self.writer.add_scalar(f"{name.partition('_')[0]}/{self.unit.tag}", value, step)
             if grid is not None:
                 self.writer.add_image("samples", grid, step)
             self.writer.flush()

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastflow.train.checkpoint import LATEST, CheckpointError, load_checkpoint, newest_intact_checkpoint
+from fastflow.train.checkpoint import BEST, LATEST, CheckpointError, load_checkpoint, newest_intact_checkpoint
 
-__all__ = ["WEIGHTS", "Run", "checkpoint_path", "load_run", "resume_options"]
+__all__ = ["CHECKPOINTS", "WEIGHTS", "Run", "checkpoint_path", "load_run", "resume_options"]
 
 WEIGHTS = ("averaged", "raw")
+CHECKPOINTS = ("best", "latest")
 
 
 @dataclass
@@ -61,26 +62,34 @@ class Run:
     def levels(self) -> int:
         return int(self.checkpoint["levels"])
 
-    @torch.no_grad()
+    @property
+    def unit(self):
+        """The unit of the run's scores (bits/dim, or nats for binary data): a ``fastflow.train.objective.Unit``."""
+        from fastflow.train.objective import unit_for
+
+        return unit_for(self.levels)
+
     def sample(self, n: int, *, temperature: float = 0.7, seed: int = 0) -> Tensor:
         """``n`` images ``[n, C, H, W]`` in ``[0, 1]``, the same as ``fastflow sample --seed`` gives; the global
-        random state is left as it was."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            samples = self.model.sample(n, temperature=temperature)
-        return samples.reshape(-1, *self.data_shape)
+        random state is left as it was. ``temperature``: for the flows (the Bernoulli models sample exactly)."""
+        from fastflow.train.images import draw_samples
+
+        return draw_samples(self.model, n, self.data_shape, temperature=temperature, seed=seed)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
 
-def checkpoint_path(path: str | os.PathLike) -> str:
-    """The checkpoint file of ``path``: itself, or a run folder's ``checkpoint.pt``."""
+def checkpoint_path(path: str | os.PathLike, checkpoint: str = "best") -> str:
+    """The checkpoint file of ``path``: itself, or of a run folder ``checkpoint-best.pt`` (the state the validation
+    split chose, for data that has one) with ``checkpoint="best"`` when it exists, else ``checkpoint.pt``."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
     path = os.fspath(path)
-    if os.path.isdir(path) and not os.path.basename(os.path.normpath(path)) == LATEST:
-        return os.path.join(path, LATEST)
+    if os.path.isdir(path) and os.path.basename(os.path.normpath(path)) not in (LATEST, BEST):
+        best = os.path.join(path, BEST)
+        return best if checkpoint == "best" and os.path.lexists(best) else os.path.join(path, LATEST)
     return path
 
 
@@ -107,8 +116,11 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_run(path: str | os.PathLike, *, device: str | torch.device | None = "cpu",
-             weights: str = "averaged") -> Run:
-    """Rebuild the model of a run folder (its ``checkpoint.pt``) or of one checkpoint file.
+             weights: str = "averaged", checkpoint: str = "best") -> Run:
+    """Rebuild the model of a run folder or of one checkpoint file.
+
+    A folder gives its ``checkpoint-best.pt`` (the best validation score, for data with a validation split such as
+    binarized MNIST) with ``checkpoint="best"``, else (and with ``checkpoint="latest"``) ``checkpoint.pt``.
 
     ``weights="averaged"`` loads the Polyak average when the run kept one (what the run's evaluations and samples
     used), ``"raw"`` the last iterate. ``device``: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
@@ -121,7 +133,7 @@ def load_run(path: str | os.PathLike, *, device: str | torch.device | None = "cp
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     where = _resolve_device(device)
-    file = checkpoint_path(path)
+    file = checkpoint_path(path, checkpoint)
     checkpoint = load_checkpoint(file, map_location="cpu")
     _check_spec(checkpoint, file)
     spec = checkpoint["model_spec"]
