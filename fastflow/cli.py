@@ -198,7 +198,8 @@ def _sample(args: argparse.Namespace) -> int:
     samples = run.sample(args.n, temperature=args.temperature, seed=args.seed)
     with doing("write", args.out):
         save_grid(samples, args.out, scale=args.scale)
-    print(f"{args.n} samples of {run.name} (step {run.step}, temperature {args.temperature:g}, seed {args.seed}) "
+    temperature = "default" if args.temperature is None else f"{args.temperature:g}"
+    print(f"{args.n} samples of {run.name} (step {run.step}, temperature {temperature}, seed {args.seed}) "
           f"in {args.out}")
     return 0
 
@@ -345,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--log-every", type=positive_int, help="steps between lines of metrics.jsonl (default 10)")
     train.add_argument("--max-minutes", type=positive_float, help="stop when this wall-clock budget is spent")
     train.add_argument("--temperature", type=non_negative_float,
-                       help="sampling temperature of the grids (default 0.7)")
+                       help="sampling temperature of the grids (default 0.7 for flows, 1 for discrete models)")
     train.add_argument("--num-samples", type=positive_int, help="images per sample grid (default 64)")
     for flag, (name, kind, text) in _MODEL_FLAGS.items():
         extra = ("--levels",) if flag == "--scales" else ()
@@ -361,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw samples from a trained run (with its averaged weights) and save them as one PNG grid.")
     sample.add_argument("run", help="run folder (its checkpoint.pt) or a checkpoint file")
     sample.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
-    sample.add_argument("--temperature", type=non_negative_float, default=0.7,
-                        help="sampling temperature, 0 for the mode (default 0.7)")
+    sample.add_argument("--temperature", type=non_negative_float,
+                        help="sampling temperature, 0 for the mode (default 0.7 for flows, 1 for discrete models)")
     sample.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     sample.add_argument("--scale", type=positive_int, default=4, help="pixels per image pixel in the PNG (default 4)")
     sample.add_argument("--out", default="samples.png", help="the PNG file written (default samples.png)")

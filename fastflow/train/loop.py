@@ -80,7 +80,7 @@ class TrainConfig:
     keep: int = 3  # checkpoints kept
     log_every: int = 10
     num_samples: int = 64
-    temperature: float = 0.7  # Glow's sampling temperature
+    temperature: float | None = None  # of the sample grids; None: 0.7 for flows, 1.0 (exact) for discrete models
     max_minutes: float | None = None  # stop (evaluation, samples, checkpoint) once this wall-clock budget is spent
     precision: str = "fp32"
     device: str = "auto"
@@ -117,8 +117,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
     if config.ema is not None and not 0 < config.ema < 1:
         raise ValueError(f"ema must be in (0, 1) or None, got {config.ema}")
-    if not (isinstance(config.temperature, (int, float)) and math.isfinite(config.temperature)
-            and config.temperature >= 0):
+    if config.temperature is not None and not (isinstance(config.temperature, (int, float))
+                                               and math.isfinite(config.temperature) and config.temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {config.temperature!r}")
     if not config.grad_clip > 0:
         raise ValueError(f"grad_clip must be positive, got {config.grad_clip}")

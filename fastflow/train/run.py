@@ -69,9 +69,10 @@ class Run:
 
         return unit_for(self.levels)
 
-    def sample(self, n: int, *, temperature: float = 0.7, seed: int = 0) -> Tensor:
+    def sample(self, n: int, *, temperature: float | None = None, seed: int = 0) -> Tensor:
         """``n`` images ``[n, C, H, W]`` in ``[0, 1]``, the same as ``fastflow sample --seed`` gives; the global
-        random state is left as it was. ``temperature``: for the flows (the Bernoulli models sample exactly)."""
+        random state is left as it was. ``temperature``: None is 0.7 for the flows, 1.0 (exact) for discrete
+        models."""
         from fastflow.train.images import draw_samples
 
         return draw_samples(self.model, n, self.data_shape, temperature=temperature, seed=seed)
