@@ -19,10 +19,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_binary",
     "check_flow_input",
     "check_floating",
     "check_int",
     "check_real",
+    "check_sizes",
     "check_temperature",
     "sample_arguments",
     "values_readable",
@@ -135,3 +137,59 @@ def sample_arguments(
             f"temperature must be one number >= 0 or one per level ({levels}), got {len(temperature)} values"
         )
     return shape, count, [check_temperature(t, f"temperature[{i}]") for i, t in enumerate(temperature)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Binary data: the input of the Bernoulli models (FVSBN, NADE, MADE).
+
+
+def _may_read_values(x: Tensor) -> bool:
+    """The host-read policy of the value checks (as ``fastflow.models.quantization``): a CPU tensor is always
+    read (a memory read); a GPU tensor only outside autograd (evaluation, interactive calls), never in a
+    differentiable call (a training step makes no host synchronisation), never under ``torch.compile``."""
+    return values_readable(x) and (x.device.type == "cpu" or not torch.is_grad_enabled())
+
+
+def check_binary(name: str, x: object, *, dtype: torch.dtype | None = None) -> Tensor:
+    """``x`` as floats in ``{0., 1.}``: a float tensor of zeros and ones, a bool tensor, or an integer tensor
+    (uint8, int64, ...) of zeros and ones, converted to ``dtype`` (by default a float ``x`` keeps its dtype, the
+    others become float32).
+
+    Anything else is refused: a non-tensor or a complex tensor (``TypeError``), any other value — ``0.5``, ``2``,
+    ``-1``, NaN — a ``ValueError`` naming ``x`` (one host read, when :func:`_may_read_values` allows it; otherwise
+    the bad values become NaN, so that a training loss turns NaN instead of silently wrong).
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of zeros and ones, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be binary (0 or 1) as a float, bool or integer tensor, got {x.dtype}")
+    if dtype is None:
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+    if x.dtype == torch.bool or x.numel() == 0:
+        return x.to(dtype)
+    binary = (x == 0) | (x == 1)  # False at NaN
+    if _may_read_values(x):
+        bad = int((~binary).sum())
+        if bad:
+            nans = int(torch.isnan(x).sum()) if x.is_floating_point() else 0
+            example = x[~binary].flatten()[0].item()
+            what = f"{nans} NaN value(s)" if nans == bad else f"{bad} other value(s), e.g. {example!r}"
+            raise ValueError(
+                f"{name} must be binary (0 or 1), got {what}; binarize the data first (e.g. (x > 0.5).float())"
+            )
+        return x.to(dtype)
+    y = x.to(dtype)
+    return torch.where(binary, y, torch.full_like(y, torch.nan))
+
+
+def check_sizes(name: str, value: object, *, allow_empty: bool = True) -> tuple[int, ...]:
+    """``value`` as a tuple of positive ints (layer widths such as ``hidden_sizes``): an int is one size; a
+    sequence (tuple, list, torch.Size) is taken as it is; a string, a float or a bool is a ``TypeError``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a tuple of positive ints (or one int), got {type(value).__name__} {value!r}")
+    sizes = tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+    if not sizes and not allow_empty:
+        raise ValueError(f"{name} must hold at least one size, got {value!r}")
+    return sizes

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import fastflow.nn as ffnn
-from fastflow.models import NICE, CouplingFlow, Glow, RealNVP
+from fastflow.models import MAF, NICE, CouplingFlow, Glow, RealNVP
 
 
 @dataclass(frozen=True)
@@ -140,3 +140,11 @@ register("glow-additive-plain-invconv", (2, 2, 4, 4), param_std=0.1)(
     lambda: Latents(Glow(2, 4, levels=1, depth=2, hidden_channels=16, coupling="additive", lu=False))
 )
 register("nice", (3, 6), param_std=0.1)(lambda: Latents(NICE(6, num_couplings=4, hidden_size=8, num_hidden_layers=2)))
+
+# Masked autoregressive flows: one layer (the natural order; a reversed order with two hidden layers) and the MAF
+# model's stack of layers (orders reversed between them).
+register("maf-layer", (3, 6))(lambda: ffnn.MaskedAutoregressiveFlow(6, (8,)))
+register("maf-layer-reversed-deep", (3, 5))(
+    lambda: ffnn.MaskedAutoregressiveFlow(5, (7, 9), order=[4, 3, 2, 1, 0], seed=3)
+)
+register("maf", (3, 6), param_std=0.2)(lambda: MAF(6, num_layers=3, hidden_sizes=(8,)).flow)

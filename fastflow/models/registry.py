@@ -9,13 +9,18 @@ are its keyword arguments; a checkpoint stores the name and the options, so that
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from fastflow.models.coupling_flow import CouplingFlow
+from fastflow.models.fvsbn import FVSBN
 from fastflow.models.glow import Glow
+from fastflow.models.made import MADE
+from fastflow.models.maf import MAF
+from fastflow.models.nade import NADE
 from fastflow.models.nice import NICE
 from fastflow.models.realnvp import RealNVP
 
@@ -99,3 +104,67 @@ def _flow(shape, levels, *, couplings: int = 8, hidden: int = 64) -> CouplingFlo
     """A small multi-scale flow of affine couplings (no ActNorm, no 1×1 convolution)."""
     channels, size = _square(shape, "flow")
     return CouplingFlow(channels, size, num_couplings=couplings, hidden_channels=hidden, levels=levels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Autoregressive models of flattened images: FVSBN, NADE and MADE are Bernoulli models (binary data only).
+
+
+def _binary(name: str, levels: int) -> None:
+    if levels != 2:
+        raise ValueError(
+            f"{name} models binary data (levels=2, e.g. binarized MNIST), got data with {levels} levels; "
+            "use a binary data set"
+        )
+
+
+def _hidden_sizes(hidden: object, layers: int | None) -> tuple[int, ...]:
+    """``hidden``: one width (repeated ``layers`` times, once by default) or widths as a comma list ("500,500")
+    or a sequence (whose length ``layers``, when given, must match)."""
+    if isinstance(hidden, str):
+        parts = [part.strip() for part in hidden.split(",")]
+        if not all(part.isdigit() and int(part) > 0 for part in parts):
+            raise ValueError(f"hidden must be a positive int or a comma list of them (e.g. 500,500), got {hidden!r}")
+        hidden = tuple(int(part) for part in parts)
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1):
+        raise ValueError(f"layers must be a positive int, got {layers!r}")
+    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+        return (int(hidden),) * (1 if layers is None else int(layers))
+    if isinstance(hidden, Sequence):
+        if layers is not None and len(hidden) != layers:
+            raise ValueError(f"hidden gives {len(hidden)} widths {tuple(hidden)} but layers={layers}")
+        return tuple(hidden)
+    raise TypeError(f"hidden must be a positive int or a comma list of them, got {type(hidden).__name__} {hidden!r}")
+
+
+@register_model("fvsbn", vector=True)
+def _fvsbn(shape, levels) -> FVSBN:
+    """FVSBN: a fully visible sigmoid belief network (logistic regressions in a chain) on binary vectors."""
+    _binary("fvsbn", levels)
+    channels, height, width = shape
+    return FVSBN(channels * height * width)
+
+
+@register_model("nade", vector=True)
+def _nade(shape, levels, *, hidden: int = 500) -> NADE:
+    """NADE: weight-tied autoregressive logistic regressions on binary vectors."""
+    _binary("nade", levels)
+    channels, height, width = shape
+    return NADE(channels * height * width, hidden_size=hidden)
+
+
+@register_model("made", vector=True)
+def _made(shape, levels, *, hidden: int | str = 500, layers: int | None = None, masks: int = 1,
+          natural_ordering: bool = False, direct: bool = False, seed: int = 0) -> MADE:
+    """MADE: a masked autoencoder on binary vectors (hidden: width or comma list; layers: hidden layers)."""
+    _binary("made", levels)
+    channels, height, width = shape
+    return MADE(channels * height * width, _hidden_sizes(hidden, layers), num_masks=masks,
+                natural_ordering=natural_ordering, direct=direct, seed=seed)
+
+
+@register_model("maf", vector=True)
+def _maf(shape, levels, *, layers: int = 5, hidden: int | str = 512) -> MAF:
+    """MAF: masked autoregressive flow layers (Gaussian MADEs, order reversed between them), dequantised data."""
+    channels, height, width = shape
+    return MAF(channels * height * width, num_layers=layers, hidden_sizes=_hidden_sizes(hidden, None), levels=levels)

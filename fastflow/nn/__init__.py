@@ -9,6 +9,7 @@ from fastflow.nn.container import FlowSequential
 from fastflow.nn.coupling import AdditiveCoupling, AffineCoupling, GlowConditioner, MLPConditioner
 from fastflow.nn.flowstep import FlowStep
 from fastflow.nn.invconv import InvConv1x1
+from fastflow.nn.masked import MaskedAutoregressiveFlow, MaskedLinear, MaskedMLP
 from fastflow.nn.memory import InvertibleSequential
 from fastflow.nn.resnet import ResNetConditioner
 from fastflow.nn.split import Split
@@ -25,6 +26,9 @@ __all__ = [
     "InvConv1x1",
     "InvertibleSequential",
     "MLPConditioner",
+    "MaskedAutoregressiveFlow",
+    "MaskedLinear",
+    "MaskedMLP",
     "ResNetConditioner",
     "Split",
     "Squeeze",
