@@ -49,9 +49,17 @@ _MODEL_FLAGS: dict[str, tuple[str, Callable[[str], object], str]] = {
     "--hidden": ("hidden", positive_int, "conditioner width (channels or units)"),
     "--blocks": ("blocks", positive_int, "realnvp: residual blocks per conditioner"),
     "--couplings": ("couplings", positive_int, "nice/flow: number of couplings"),
-    "--layers": ("layers", positive_int, "nice: hidden layers per conditioner"),
+    "--layers": ("layers", positive_int, "nice/made: hidden layers (per conditioner); maf: flow layers"),
+    "--masks": ("masks", positive_int, "made: mask sets, one per minibatch in training, averaged in evaluation"),
     "--coupling": ("coupling", str, "glow: affine or additive"),
     "--n-bits": ("n_bits", int_between(1, 8), "glow: bits per channel the images are reduced to (1..8)"),
+}
+# Model switches: flag -> (option name, the value the flag sets, help).
+_MODEL_SWITCHES: dict[str, tuple[str, object, str]] = {
+    "--no-lu": ("lu", False, "glow: plain 1×1 convolution weights"),
+    "--memory-efficient": ("memory_efficient", True, "glow/realnvp: rebuild activations in the backward"),
+    "--natural-ordering": ("natural_ordering", True, "made: the data's order instead of a random one"),
+    "--direct": ("direct", True, "made: direct (masked) input-to-output connections"),
 }
 _MODEL_CHOICES = {"coupling": ("affine", "additive")}
 _TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "optimizer", "warmup", "grad_clip", "ema", "seed",
@@ -72,12 +80,10 @@ def _model_options(args: argparse.Namespace, preset: dict) -> tuple[dict, set[st
         if value is not None:
             options[name] = value
             explicit.add(name)
-    if args.no_lu:
-        options["lu"] = False
-        explicit.add("lu")
-    if args.memory_efficient:
-        options["memory_efficient"] = True
-        explicit.add("memory_efficient")
+    for flag, (name, value, _) in _MODEL_SWITCHES.items():
+        if getattr(args, flag[2:].replace("-", "_")):
+            options[name] = value
+            explicit.add(name)
     return options, explicit
 
 
@@ -352,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         extra = ("--levels",) if flag == "--scales" else ()
         choices = _MODEL_CHOICES.get(name)
         train.add_argument(flag, *extra, dest=name, type=kind, choices=choices, help=text)
-    train.add_argument("--no-lu", action="store_true", help="glow: plain 1×1 convolution weights")
-    train.add_argument("--memory-efficient", action="store_true", help="rebuild activations in the backward")
+    for flag, (_, _, text) in _MODEL_SWITCHES.items():
+        train.add_argument(flag, action="store_true", help=text)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 

@@ -47,14 +47,26 @@ def test_sample_and_eval_commands_rebuild_the_model(tmp_path, capsys):
 def test_every_registered_model_trains_from_the_command(tmp_path):
     from fastflow.models.registry import MODELS
 
+    import numpy as np
+
+    # The Bernoulli models take binary data: the digits thresholded, with a validation split.
+    digits = fastflow.data.load("digits")
+    binary = {split: (getattr(digits, split)[:300] >= 8).numpy().astype(np.uint8) for split in ("train", "test")}
+    np.savez(tmp_path / "binary.npz", train_data=binary["train"], valid_data=binary["test"][:100],
+             test_data=binary["test"][100:])
+    on_binary = ["--data", f"npz:{tmp_path / 'binary.npz'}"]
     small = {"glow": ["--hidden", "8", "--depth", "1"], "realnvp": ["--hidden", "8", "--blocks", "1"],
-             "nice": ["--hidden", "16", "--layers", "1"], "flow": ["--hidden", "8", "--couplings", "2"]}
+             "nice": ["--hidden", "16", "--layers", "1"], "flow": ["--hidden", "8", "--couplings", "2"],
+             "fvsbn": on_binary, "nade": [*on_binary, "--hidden", "8"],
+             "made": [*on_binary, "--hidden", "8", "--layers", "2", "--masks", "2", "--direct"],
+             "maf": [*on_binary, "--hidden", "8", "--layers", "2"]}
     assert set(small) == set(MODELS)
     for name, options in small.items():
         out = tmp_path / name
-        assert main(["train", name, *options, "--steps", "4", "--eval-every", "4", "--num-samples", "4",
-                     "--out", str(out), "--no-progress"]) == 0, name
+        assert main(["train", name, *options, "--steps", "4", "--eval-every", "4", "--batch-size", "16",
+                     "--num-samples", "4", "--out", str(out), "--no-progress"]) == 0, name
         assert (out / "samples.png").is_file()
+        assert fastflow.load_run(out).sample(2).shape[1:] == (1, 8, 8)
 
 
 def test_presets_and_bad_options(capsys):
