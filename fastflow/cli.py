@@ -113,6 +113,8 @@ def _train(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without data or a model, first.
     preset = PRESETS[args.preset] if args.preset else {}
+    if args.data is None:
+        args.data = preset.get("data", {}).get("spec", "digits")
     name = args.model or preset.get("model") or "glow"
     if preset and args.model and args.model != preset["model"]:
         raise ValueError(f"--preset {args.preset} is for {preset['model']}, not {args.model}")
@@ -319,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
                        help=f"a paper's configuration, one of {', '.join(sorted(PRESETS))} (fastflow presets "
                             "shows what each sets); flags override it")
-    train.add_argument("--data", default="digits",
-                       help="digits (built in), fashion-mnist, idx:DIR, npz:PATH, folder:DIR (default digits)")
+    train.add_argument("--data",
+                       help="digits (built in), fashion-mnist, binarized-mnist, idx:DIR, npz:PATH, folder:DIR "
+                            "(default: the preset's data set if it names one, else digits)")
     train.add_argument("--out", help="run folder (default runs/<model>-<data>)")
     start = train.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
