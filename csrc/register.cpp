@@ -12,6 +12,7 @@
 
 #include "actnorm_invconv.h"
 #include "coupling.h"
+#include "nade.h"
 
 namespace fastflow {
 // Test-only, hence no header: one float32 function of cpu/fastmath.h applied elementwise, for
@@ -42,6 +43,11 @@ TORCH_LIBRARY(fastflow_C, m) {
       "bool inverse, float clamp) -> (Tensor, Tensor, Tensor)");
   m.def("actnorm_invconv_fwd(Tensor x, Tensor weight, Tensor bias) -> Tensor");
   m.def("actnorm_invconv_bwd(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor, Tensor, Tensor)");
+  m.def("nade_fwd(Tensor x, Tensor W, Tensor c, Tensor V, Tensor b) -> (Tensor, Tensor)");
+  m.def(
+      "nade_bwd(Tensor grad_logits, Tensor grad_log_prob, Tensor x, Tensor W, Tensor c, Tensor V, Tensor b, "
+      "Tensor logits) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("nade_sample(Tensor W, Tensor c, Tensor V, Tensor b, Tensor u) -> Tensor");
   // Leading underscore: internal, for tests; fastflow/ops/ does not wrap it.
   m.def("_fastmath(Tensor x, str function) -> Tensor");
 }
@@ -51,6 +57,9 @@ TORCH_LIBRARY_IMPL(fastflow_C, CPU, m) {
   m.impl("coupling_bwd", &fastflow::coupling_bwd_cpu);
   m.impl("actnorm_invconv_fwd", &fastflow::actnorm_invconv_fwd_cpu);
   m.impl("actnorm_invconv_bwd", &fastflow::actnorm_invconv_bwd_cpu);
+  m.impl("nade_fwd", &fastflow::nade_fwd_cpu);
+  m.impl("nade_bwd", &fastflow::nade_bwd_cpu);
+  m.impl("nade_sample", &fastflow::nade_sample_cpu);
   m.impl("_fastmath", &fastflow::fastmath_cpu);
 }
 

@@ -45,9 +45,9 @@ def test_sample_and_eval_commands_rebuild_the_model(tmp_path, capsys):
 
 
 def test_every_registered_model_trains_from_the_command(tmp_path):
-    from fastflow.models.registry import MODELS
-
     import numpy as np
+
+    from fastflow.models.registry import MODELS
 
     # The Bernoulli models take binary data: the digits thresholded, with a validation split.
     digits = fastflow.data.load("digits")

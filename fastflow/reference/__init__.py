@@ -12,6 +12,15 @@ from fastflow.reference.coupling import (
     log_scale,
 )
 
+# Not the specification ``nade`` itself: that name stays the module's (``fastflow.reference.nade.nade``).
+from fastflow.reference.nade import (
+    nade_backward,
+    nade_materialized,
+    nade_sample,
+    nade_sample_loop,
+    nade_scan,
+)
+
 __all__ = [
     "CLAMP",
     "additive_coupling",
@@ -19,4 +28,9 @@ __all__ = [
     "affine_coupling_backward",
     "checkerboard_mask",
     "log_scale",
+    "nade_backward",
+    "nade_materialized",
+    "nade_sample",
+    "nade_sample_loop",
+    "nade_scan",
 ]
