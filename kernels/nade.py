@@ -229,7 +229,9 @@ def _nade_bwd_kernel(
         hi = tl.load(hi0_ptr + offsets, mask=mask, other=0.0)
         lo = tl.load(lo0_ptr + offsets, mask=mask, other=0.0)
         G = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        later = block != first  # the program's first block stores its partial sums, later ones add to them
+        # The program's first block stores its partial sums, later ones add to them. An int1 mask built by a
+        # comparison: newer Triton interpreters make `bool tensor & scalar` an int32 tensor, which tl.load refuses.
+        later = (block != first).to(tl.int32)
         for k in range(0, D):
             i = D - 1 - k
             row_i = i * H64
@@ -245,8 +247,8 @@ def _nade_bwd_kernel(
             gv = tl.sum(delta[:, None] * h, axis=0)
             G += delta[:, None] * v[None, :] * dh
             slab = part + row_i + cols
-            gw += tl.load(gw_ptr + slab, mask=col_ok & later, other=0.0)
-            gv += tl.load(gv_ptr + slab, mask=col_ok & later, other=0.0)
+            gw += tl.load(gw_ptr + slab, mask=(col_ok.to(tl.int32) * later) != 0, other=0.0)
+            gv += tl.load(gv_ptr + slab, mask=(col_ok.to(tl.int32) * later) != 0, other=0.0)
             tl.store(gw_ptr + slab, gw, mask=col_ok)
             tl.store(gv_ptr + slab, gv, mask=col_ok)
         gc += tl.sum(G, axis=0)
