@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "check_once",
+    "permutation_problem",
     "check_binary",
     "check_flow_input",
     "check_floating",
@@ -193,3 +196,43 @@ def check_sizes(name: str, value: object, *, allow_empty: bool = True) -> tuple[
     if not sizes and not allow_empty:
         raise ValueError(f"{name} must hold at least one size, got {value!r}")
     return sizes
+
+
+def permutation_problem(values: list[int], size: int) -> str | None:
+    """What keeps ``values`` from being a permutation of ``0..size−1`` (in words), or None when it is one."""
+    if sorted(values) == list(range(size)):
+        return None
+    outside = sorted({v for v in values if not 0 <= v < size})
+    if outside:
+        return f"{outside[0]} is out of range"
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    missing = sorted(set(range(size)) - set(values))
+    return f"{repeated[0]} appears more than once and {missing[0]} never"
+
+
+# id(tensor) -> (weak reference, version counter) of the tensors whose values a check_once call accepted. (Not a
+# WeakKeyDictionary: its lookups compare tensors with ``==``.)
+_CHECKED: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def check_once(tensors: Sequence[Tensor], check) -> None:
+    """Run ``check()`` (a host read of ``tensors``' values) unless every tensor was accepted before at its current
+    version: a caller passing the same buffers every step pays the read once, an in-place edit is seen again.
+    Inference tensors keep no version counter and are checked every call."""
+    try:
+        versions = [t._version for t in tensors]
+    except RuntimeError:
+        check()
+        return
+
+    def known(t: Tensor, version: int) -> bool:
+        entry = _CHECKED.get(id(t))
+        return entry is not None and entry[0]() is t and entry[1] == version
+
+    if all(known(t, v) for t, v in zip(tensors, versions, strict=True)):
+        return
+    check()
+    if len(_CHECKED) > 256:
+        _CHECKED.clear()
+    for t, v in zip(tensors, versions, strict=True):
+        _CHECKED[id(t)] = (weakref.ref(t), v)

@@ -29,13 +29,11 @@ Kernel contract (shared by every backend):
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import Tensor
 
 from fastflow import _backends
-from fastflow._checks import check_floating, values_readable
+from fastflow._checks import check_floating, check_once, permutation_problem, values_readable
 from fastflow.ops.declaration import EXTENSION, FLOATS, Autograd, Implementation, Op, Stage
 from fastflow.reference import actnorm_invconv as reference
 from fastflow.reference.numerics import accumulation_dtype
@@ -156,13 +154,9 @@ def check_perm_and_signs(perm: Tensor | None, sign_s: Tensor | None, *, prefix: 
     if perm is not None and not bool(flags[0]):
         channels = perm.shape[0]
         values = perm.detach().cpu().tolist()
-        outside = sorted({v for v in values if not 0 <= v < channels})
-        if outside:
-            problem = f"{outside[0]} is out of range for {channels} channels"
-        else:
-            repeated = sorted({v for v in values if values.count(v) > 1})
-            missing = sorted(set(range(channels)) - set(values))
-            problem = f"{repeated[0]} appears more than once and {missing[0]} never"
+        problem = permutation_problem(values, channels)
+        if problem.endswith("out of range"):
+            problem += f" for {channels} channels"
         raise ValueError(
             f"{prefix}perm must be a permutation of 0..{channels - 1} (each index exactly once), got "
             f"{_listing(perm)}: {problem}"
@@ -173,32 +167,6 @@ def check_perm_and_signs(perm: Tensor | None, sign_s: Tensor | None, *, prefix: 
         f"{prefix}sign_s must hold only -1 and +1 (the signs of s; log|s| is log_s), got {_listing(sign_s)}: "
         f"{bad} at index {index}"
     )
-
-
-# id(tensor) -> (weak reference, version counter) of the perm / sign_s tensors whose values were checked.
-_CHECKED: dict[int, tuple[weakref.ref, int]] = {}
-
-
-def _check_values_once(perm: Tensor, sign_s: Tensor) -> None:
-    """:func:`check_perm_and_signs`, once per tensor and value: a ``perm``/``sign_s`` already checked and not
-    modified since (its version counter unchanged) is not read again, so a caller passing the same buffers every
-    step pays the host read once. (Not a WeakKeyDictionary: its lookups compare tensors with ``==``.)"""
-    try:
-        versions = [t._version for t in (perm, sign_s)]
-    except RuntimeError:  # inference tensors keep no version counter: check every call
-        check_perm_and_signs(perm, sign_s)
-        return
-    def known(t: Tensor, version: int) -> bool:
-        entry = _CHECKED.get(id(t))
-        return entry is not None and entry[0]() is t and entry[1] == version
-
-    if all(known(t, v) for t, v in zip((perm, sign_s), versions, strict=True)):
-        return
-    check_perm_and_signs(perm, sign_s)
-    if len(_CHECKED) > 256:
-        _CHECKED.clear()
-    for t, v in zip((perm, sign_s), versions, strict=True):
-        _CHECKED[id(t)] = (weakref.ref(t), v)
 
 
 def actnorm_invconv(
@@ -249,7 +217,7 @@ def actnorm_invconv(
     # makes no host synchronisation. Under torch.compile there is no host read (it would break the graph): the
     # values of a compiled call are not checked.
     if check_values and values_readable(perm, sign_s):
-        _check_values_once(perm, sign_s)
+        check_once([perm, sign_s], lambda: check_perm_and_signs(perm, sign_s))
     return _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, bool(inverse))
 
 

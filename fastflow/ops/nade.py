@@ -36,14 +36,13 @@ Kernel contract (shared by every backend):
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from fastflow import _backends
-from fastflow._checks import check_floating, values_readable
+from fastflow._checks import check_floating, check_once, permutation_problem, values_readable
 from fastflow.ops.declaration import EXTENSION, FLOATS, Autograd, Implementation, Op, Stage
 from fastflow.reference import nade as reference
 from fastflow.reference.numerics import accumulation_dtype
@@ -175,22 +174,12 @@ def _check_data(name: str, value: object, meaning: str) -> Tensor:
     return value
 
 
-# id(tensor) -> (weak reference, version counter) of the order tensors whose values were checked.
-_CHECKED: dict[int, tuple[weakref.ref, int]] = {}
-
-
 def _check_permutation(order: Tensor, dims: int) -> None:
     """``order`` holds each of ``0..D−1`` once (one host read), else a ``ValueError`` saying what is wrong."""
     values = order.detach().cpu().tolist()
-    if sorted(values) == list(range(dims)):
+    problem = permutation_problem(values, dims)
+    if problem is None:
         return
-    outside = sorted({v for v in values if not 0 <= v < dims})
-    if outside:
-        problem = f"{outside[0]} is out of range"
-    else:
-        repeated = sorted({v for v in values if values.count(v) > 1})
-        missing = sorted(set(range(dims)) - set(values))
-        problem = f"{repeated[0]} appears more than once and {missing[0]} never"
     shown = values if len(values) <= 16 else f"[{', '.join(map(str, values[:16]))}, ...] ({len(values)} values)"
     raise ValueError(f"order must be a permutation of 0..{dims - 1} (each dimension once), got {shown}: {problem}")
 
@@ -209,17 +198,7 @@ def _order(order: object, dims: int, device: torch.device, check_values: bool) -
         if order.device != device:
             raise ValueError(f"order is on {order.device} but the data are on {device}; put them on one device")
         if check_values and values_readable(order):
-            try:
-                version = order._version
-            except RuntimeError:  # an inference tensor keeps no version counter: check every call
-                version = None
-            entry = _CHECKED.get(id(order))
-            if version is None or entry is None or entry[0]() is not order or entry[1] != version:
-                _check_permutation(order, dims)
-                if version is not None:
-                    if len(_CHECKED) > 256:
-                        _CHECKED.clear()
-                    _CHECKED[id(order)] = (weakref.ref(order), version)
+            check_once([order], lambda: _check_permutation(order, dims))
         return order.to(torch.int64)
     if isinstance(order, Sequence) and not isinstance(order, str):
         if any(isinstance(v, bool) or not isinstance(v, int) for v in order):
