@@ -26,6 +26,11 @@ FF_CLONES void exp_nonpositive_loop(const float* __restrict x, float* __restrict
   for (int64_t j = 0; j < n; ++j) y[j] = fastmath::exp_nonpositive(x[j]);
 }
 
+FF_CLONES void exp_bounded_loop(const float* __restrict x, float* __restrict y, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) y[j] = fastmath::exp_bounded(x[j]);
+}
+
 FF_CLONES void expm1_loop(const float* __restrict x, float* __restrict y, int64_t n) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) y[j] = fastmath::expm1_(x[j]);
@@ -55,13 +60,15 @@ at::Tensor fastmath_cpu(const at::Tensor& x, std::string_view function) {
     loop = exp_loop;
   } else if (function == "exp_nonpositive") {
     loop = exp_nonpositive_loop;
+  } else if (function == "exp_bounded") {
+    loop = exp_bounded_loop;
   } else if (function == "expm1") {
     loop = expm1_loop;
   } else if (function == "log1p") {
     loop = log1p_loop;
   }
-  TORCH_CHECK_VALUE(loop != nullptr, "fastflow _fastmath: function must be one of exp, exp_nonpositive, expm1, "
-                    "log1p; got '", function, "'");
+  TORCH_CHECK_VALUE(loop != nullptr, "fastflow _fastmath: function must be one of exp, exp_nonpositive, "
+                    "exp_bounded, expm1, log1p; got '", function, "'");
   const at::Tensor input = x.contiguous();
   at::Tensor y = at::empty(input.sizes(), input.options());
   loop(input.const_data_ptr<float>(), y.mutable_data_ptr<float>(), input.numel());

@@ -25,11 +25,12 @@ Kernel contract (shared by every backend):
 - ``nade_bwd(grad_logits [B, D], grad_log_prob [B], x, W, c, V, b, logits [B, D]) -> (grad_x, grad_W, grad_c,
   grad_V, grad_b)``: ``logits`` are the forward's (accumulation dtype), the only thing the forward saves beyond
   its inputs; the gradients come back contiguous in their inputs' dtypes. The reverse scan starts from
-  ``a_D = c + x·Wᵀ`` (computed in float64, split into ``hi + lo``) and recovers ``a_i`` by compensated
-  subtraction. Its workspace (freed when it returns, never ``B·D·H``): ``O(B·H)`` of running state, ``P``
-  partial sums ``[D, H]`` of the weight gradients (one per batch chunk, ``P ≤ 8`` on the CPU, a few per SM on a
-  GPU) and ``T`` partial dots ``[B, D]`` of ``∂L/∂x`` (one per tile of hidden units: ``T = ⌈H/128⌉`` on the CPU,
-  ``⌈H/32⌉`` in Triton).
+  ``a_D = c + x·Wᵀ`` as an unevaluated ``hi + lo`` (the reference and Triton: computed in float64 and split;
+  the CPU kernel: rebuilt by the forward's own compensated updates, its final state bit for bit) and recovers
+  ``a_i`` by compensated subtraction. Its workspace (freed when it returns, never ``B·D·H``): ``O(B·H)`` of
+  running state, ``P`` partial sums ``[D, H]`` of the weight gradients (one per batch chunk, ``P ≤ 8`` on the
+  CPU, a few per SM on a GPU) and ``T`` partial dots ``[B, D]`` of ``∂L/∂x`` (one per tile of hidden units:
+  ``T = ⌈H/512⌉`` on the CPU, ``⌈H/32⌉`` in Triton).
 - ``nade_sample(W, c, V, b, u [B, D]) -> x [B, D]``: ``x_i = (u_i < sigmoid(logit_i))`` (``u`` compared in the
   accumulation dtype), in the parameters' dtype; ``u`` may have any float dtype.
 """

@@ -23,6 +23,7 @@ F32 = np.float32
 CONTRACT = {
     "exp": ("exp_", np.exp, -86.6, 88.7228, 1.0),
     "exp_nonpositive": ("exp_nonpositive", np.exp, -86.6, 0.0, 1.0),
+    "exp_bounded": ("exp_bounded", np.exp, -86.6, 80.0, 1.0),
     "expm1": ("expm1_", np.expm1, 0.0, 40.0, 1.5),
     "log1p": ("log1p_unit", np.log1p, 0.0, 1.0, 1.75),
 }
@@ -32,6 +33,7 @@ CONTRACT = {
 WORST = {
     "exp": ["-0x1.775366p+2", "-0x1.45bcaap+6"],
     "exp_nonpositive": ["-0x1.775366p+2", "-0x1.45bcaap+6"],
+    "exp_bounded": ["-0x1.775366p+2", "-0x1.45bcaap+6"],
     "expm1": ["0x1.0fc23ep+4", "0x1.789466p-2"],
     "log1p": ["0x1.a8b94cp-2", "0x1.a84becp-2"],
 }
@@ -134,6 +136,18 @@ def test_exp_nonpositive_edges():
     assert np.all(fastmath([0.0, -0.0], "exp_nonpositive") == 1)
 
 
+def test_exp_bounded_edges():
+    # Clamped to [-86.6, 80]: exp of the range end outside it, normal floats only; equal to exp_ inside (the same
+    # polynomial, scaled by an exact power of two).
+    low, high = fastmath([-86.6, 80.0], "exp_bounded")
+    assert low == pytest.approx(2.455e-38, rel=1e-3) and high == pytest.approx(np.exp(80.0), rel=1e-6)
+    # (to an ulp: GCC may constant-fold the clamped branch of the scalar remainder loop, rounding differently)
+    np.testing.assert_allclose(fastmath([-87.5, -1e30, -np.inf], "exp_bounded"), low, rtol=2.0**-23)
+    np.testing.assert_allclose(fastmath([80.5, 88.8, 1e30, np.inf], "exp_bounded"), high, rtol=2.0**-23)
+    inside = np.linspace(-86.6, 80.0, 100_001, dtype=F32)
+    np.testing.assert_array_equal(fastmath(inside, "exp_bounded"), fastmath(inside, "exp"))
+
+
 def test_expm1_edges():
     assert fastmath([0.0], "expm1")[0] == 0
     # Tiny x is returned exactly (full relative precision where expm1(x) = x in float32).
@@ -164,7 +178,7 @@ def test_bad_input():
     x = torch.zeros(3)
     with pytest.raises(TypeError, match="float32"):
         op(x.double(), "exp")
-    with pytest.raises(ValueError, match="exp, exp_nonpositive, expm1, log1p; got 'log'"):
+    with pytest.raises(ValueError, match="exp, exp_nonpositive, exp_bounded, expm1, log1p; got 'log'"):
         op(x, "log")
     with pytest.raises(NotImplementedError):  # only a CPU kernel is registered
         op(x.to("meta"), "exp")
