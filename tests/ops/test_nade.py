@@ -351,6 +351,47 @@ def test_a_non_finite_column_propagates_as_the_formula_says(backend):
     assert torch.isnan(logits[:, 2:]).all() and not torch.isnan(logits[:, :2]).any()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_non_finite_gradient_reaches_every_weight_gradient_the_formula_says(backend):
+    """A NaN in the logits' gradient makes ``G`` NaN from its dimension down: ``∂L/∂W[:, i] = Σ_b x_i·G`` is then
+    NaN also for the columns of dimensions where every ``x_i`` is 0 (0·NaN), which the CPU kernel's skipping of
+    zero terms must not hide (it reruns with every term when ``G`` ends non-finite)."""
+    arguments = _good()
+    arguments["x"][:, :3] = 0.0
+    grad_logits = torch.zeros(arguments["x"].shape)
+    grad_logits[0, 4] = float("nan")
+    expected = _gradients(reference.nade, {name: t.double() for name, t in arguments.items()}, grad_logits.double())
+    with _use(backend, torch.float32):
+        fast = _gradients(nade, arguments, grad_logits)
+    for name, value, truth in zip("xWcVb", fast, expected, strict=True):
+        assert torch.equal(torch.isnan(value), torch.isnan(truth)), f"grad_{name}"
+    assert torch.isnan(fast[1][:, :3]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_binary_inputs_follow_the_formula(backend):
+    """The op is the formula for any real ``x`` (the models check for binary data, the op does not): values other
+    than 0 and 1 take the kernels' scaled-column path, forward and backward, against the float64 truth."""
+    arguments = _good()
+    g = torch.Generator().manual_seed(31)
+    arguments["x"] = torch.tensor([0.0, 0.5, 1.0, 2.0, -1.5])[torch.randint(0, 5, arguments["x"].shape, generator=g)]
+    grad_logits = torch.randn(arguments["x"].shape, generator=g)
+    truth64 = _gradients(reference.nade, {name: t.double() for name, t in arguments.items()}, grad_logits.double())
+    with _use(backend, torch.float32):
+        fast = _gradients(nade, arguments, grad_logits)
+    for name, value, truth in zip("xWcVb", fast, truth64, strict=True):
+        assert max_error(value, truth) <= 1e-5 * max(1.0, truth.abs().max().item()), f"grad_{name}"
+
+
+def _gradients(fn, arguments: dict, grad_logits: torch.Tensor):
+    """Gradients of (x, W, c, V, b) of ``fn``'s logits and log-likelihood for ``grad_logits`` and ones."""
+    leaves = {name: t.detach().clone().requires_grad_(True) for name, t in arguments.items()}
+    logits, log_prob = fn(**leaves)
+    outputs = [logits, log_prob]
+    seeds = [grad_logits.to(logits.dtype), torch.ones_like(log_prob)]
+    return torch.autograd.grad(outputs, [leaves[name] for name in "xWcVb"], seeds)
+
+
 def test_cpu_kernel_does_not_depend_on_the_thread_count():
     with _use("cpu", torch.float32):
         pass
