@@ -170,10 +170,18 @@ def check_binary(name: str, x: object, *, dtype: torch.dtype | None = None) -> T
         dtype = x.dtype if x.is_floating_point() else torch.float32
     if x.dtype == torch.bool or x.numel() == 0:
         return x.to(dtype)
-    binary = (x == 0) | (x == 1)  # False at NaN
     if _may_read_values(x):
-        bad = int((~binary).sum())
-        if bad:
+        # One pass where it can be (the check is paid on every training batch): an integer tensor is binary iff
+        # its values lie in [0, 1]; a float one iff x·(1 − x) is 0 everywhere (exact: only 0 and 1 give 0, and NaN
+        # or an infinity give NaN or −inf). The counts for the message only when something is wrong.
+        if x.is_floating_point():
+            wrong = bool(torch.count_nonzero(x * (1 - x)))
+        else:
+            low, high = torch.aminmax(x)
+            wrong = bool(torch.stack([low < 0, high > 1]).any())
+        if wrong:
+            binary = (x == 0) | (x == 1)  # False at NaN
+            bad = int((~binary).sum())
             nans = int(torch.isnan(x).sum()) if x.is_floating_point() else 0
             example = x[~binary].flatten()[0].item()
             what = f"{nans} NaN value(s)" if nans == bad else f"{bad} other value(s), e.g. {example!r}"
@@ -181,6 +189,7 @@ def check_binary(name: str, x: object, *, dtype: torch.dtype | None = None) -> T
                 f"{name} must be binary (0 or 1), got {what}; binarize the data first (e.g. (x > 0.5).float())"
             )
         return x.to(dtype)
+    binary = (x == 0) | (x == 1)
     y = x.to(dtype)
     return torch.where(binary, y, torch.full_like(y, torch.nan))
 
