@@ -165,38 +165,21 @@ def _nade_by_definition(x, W, c, V, b):
     return torch.stack(logits, 1)
 
 
-def test_nade_plain_pytorch_fallback(monkeypatch):
-    """The model's own implementation (used while ``fastflow.ops`` has no ``nade``) against the definition and,
-    where the fused op exists, against the op; then the model runs on it (normalised, sampled right)."""
-    import fastflow.models.nade as nade_module
-
-    if not hasattr(nade_module, "_nade"):
-        pytest.skip("the model has no fallback any more (fastflow.ops.nade is the only path)")
+def test_nade_model_is_the_definition():
+    """The model (through the fused op, float64) against NADE's formula evaluated one dimension at a time, and its
+    samples are the ancestral draws of the formula for the uniforms they came from."""
     torch.manual_seed(0)
-    W, c, V, b = (torch.randn(*shape, dtype=torch.float64) for shape in ((5, 6), (5,), (6, 5), (6,)))
+    model = _randomize(NADE(6, hidden_size=5), std=1.0).double()
     x = torch.randint(0, 2, (7, 6)).double()
-    logits, log_prob = nade_module._nade(x, W, c, V, b)
-    expected = _nade_by_definition(x, W, c, V, b)
-    torch.testing.assert_close(logits, expected)
-    torch.testing.assert_close(log_prob, (x * expected - torch.nn.functional.softplus(expected)).sum(1))
+    expected = _nade_by_definition(x, model.W, model.c, model.V, model.b)
+    torch.testing.assert_close(model(x), expected)
+    torch.testing.assert_close(model.log_prob(x), (x * expected - torch.nn.functional.softplus(expected)).sum(1))
+    torch.manual_seed(3)
+    samples = model.sample(7)
+    torch.manual_seed(3)
     u = torch.rand(7, 6, dtype=torch.float64)
-    samples = nade_module._nade_sample(W, c, V, b, u)
-    torch.testing.assert_close(samples, (u < torch.sigmoid(_nade_by_definition(samples, W, c, V, b))).double())
-    import fastflow.ops
-
-    if hasattr(fastflow.ops, "nade"):
-        op_logits, op_log_prob = fastflow.ops.nade(x, W, c, V, b)
-        torch.testing.assert_close(op_logits, logits)
-        torch.testing.assert_close(op_log_prob, log_prob)
-        torch.testing.assert_close(fastflow.ops.nade_sample(W, c, V, b, u), samples)
-    monkeypatch.setattr(nade_module, "_ops", lambda: (nade_module._nade, nade_module._nade_sample))
-    model = _randomize(NADE(4, hidden_size=6), std=1.0)
-    log_prob = model.log_prob(STATES)
-    assert log_prob.dtype == torch.float32 and abs(log_prob.exp().sum().item() - 1) < 1e-5
-    torch.manual_seed(2)
-    _check_frequencies(model.sample(20_000), log_prob.exp())
-    jacobian = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], STATES[5].clone())
-    assert torch.equal(jacobian != 0, torch.ones(4, 4, dtype=torch.bool).tril(-1))
+    probabilities = torch.sigmoid(_nade_by_definition(samples, model.W, model.c, model.V, model.b))
+    torch.testing.assert_close(samples, (u < probabilities).double())
 
 
 def test_made_masks_normalised_and_sampled_per_mask_and_as_ensemble():
