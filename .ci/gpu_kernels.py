@@ -2,7 +2,8 @@
 compute-sanitizer (memcheck over all of it, racecheck over ``--one-per-op``).
 
 The calls are the generic op suite's cases (``tests/ops/cases_<op>.py``: every mask, scale and direction of the
-coupling, both paths of the actnorm_invconv backward, empty batches, strided views), run once per GPU backend
+coupling, both paths of the actnorm_invconv backward, empty batches, strided views) and each op's other calls
+(``OpEntry.other_calls``: nade's sampler), run once per GPU backend
 (``triton``, ``cuda``) and dtype; the values are not checked here (``pytest -m gpu`` does that), only that every
 kernel runs clean. Prints one line per (op, backend) with the stages that ran, and exits 1 if a call raised.
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             continue  # the test suite's toy op has no GPU kernel
         op = _backends.get_op(entry.op)
         cases = [case for case in entry.cases if case.opcheck][:1] if args.one_per_op else list(entry.cases)
+        cases += list(entry.other_calls[:1] if args.one_per_op else entry.other_calls)  # e.g. nade's sampler
         for backend in ("triton", "cuda"):
             reason = op.why_not(backend, device, torch.float32)
             if reason is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from fastflow.ops import nade
+from fastflow.ops import nade, nade_sample
 from fastflow.reference.numerics import accumulation_dtype
 from tests.ops.registry import OpCase, OpEntry, register
 
@@ -41,6 +41,20 @@ def _make_case(batch: int, dims: int, hidden: int, layout: str = "contiguous", o
     return OpCase(name, leaves, call, opcheck=opcheck, compile=compile)
 
 
+def _sample_case(batch: int, dims: int, hidden: int, layout: str = "contiguous") -> OpCase:
+    """One call of the sampler (not differentiable: the values are test_nade.py's, gpu_kernels runs the kernel)."""
+    def leaves(device, dtype, generator):
+        tensors = nade_leaves(batch, dims, hidden, layout, device, dtype, generator)
+        tensors["u"] = torch.rand(batch, dims, generator=generator).to(device=device, dtype=dtype)
+        del tensors["x"]
+        return tensors
+
+    def call(W, c, V, b, u):
+        return nade_sample(W.detach(), c.detach(), V.detach(), b.detach(), u.detach())
+
+    return OpCase(f"sample-B{batch}xD{dims}xH{hidden}-{layout}", leaves, call)
+
+
 def _check(outputs, leaves, dtype, backend):
     logits, log_prob = outputs
     x = leaves["x"]
@@ -61,4 +75,6 @@ register(OpEntry(
         _make_case(40, 5, 3),  # several batch chunks (CPU) and blocks per program (Triton) in the backward
     ],
     check=_check,
+    other_calls=[_sample_case(3, 7, 5), _sample_case(1, 4, 13), _sample_case(0, 5, 4),
+                 _sample_case(5, 9, 6, layout="strided"), _sample_case(40, 5, 3)],
 ))

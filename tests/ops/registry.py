@@ -60,6 +60,9 @@ class OpEntry:
         dtypes: the input dtypes to test (each backend runs those it declares).
         check: ``(outputs, leaves, dtype, backend) -> None``: assertions of the op's contract beyond the values
             (output dtypes, contiguity), run on every fast-path result.
+        other_calls: calls of the op's other entry points that the generic suite does not check (values there
+            are the op's own tests'), e.g. nade's sampler: ``.ci/gpu_kernels.py`` runs them with the cases, so
+            that every kernel runs under compute-sanitizer.
     """
 
     op: str
@@ -67,6 +70,7 @@ class OpEntry:
     cases: Sequence[OpCase]
     dtypes: tuple[torch.dtype, ...] = ALL_FLOATS
     check: Callable[..., None] | None = None
+    other_calls: Sequence[OpCase] = ()
 
 
 REGISTRY: dict[str, OpEntry] = {}
