@@ -49,7 +49,8 @@ using fastmath::exp_bounded;
 using fastmath::exp_nonpositive;
 using fastmath::log1p_unit;
 
-constexpr int64_t kRows = 4;         // forward / sampling: rows per group
+constexpr int64_t kRows = 4;         // forward: rows per group
+constexpr int64_t kSampleRows = 8;   // sampling: rows per group (independent chains of decisions to overlap)
 constexpr int64_t kTile = 512;       // backward: hidden units per item
 constexpr int64_t kMinChunkRows = 32;  // backward: rows per batch chunk, at least
 constexpr int64_t kMaxChunks = 8;    // backward: batch chunks, at most (bounds the [chunks, D, H] partial sums)
@@ -143,20 +144,39 @@ FF_INLINE void two_sum_add(T& hi, T& lo, T w) {
   hi = s;
 }
 
+// Σ of the N values of acc, pairwise in a fixed order (constant trip counts: unrolled, in registers).
+template <typename T, int64_t N>
+FF_INLINE T tree_sum(T* acc) {
+  if constexpr (N == 1) {
+    return acc[0];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < N / 2; ++j) acc[j] += acc[j + N / 2];
+    return tree_sum<T, N / 2>(acc);
+  }
+}
+
+// The row loops run over H (a multiple of kLanes: padded) in blocks of kLanes, each lane with its own partial
+// sum, summed by tree_sum at the end: an OpenMP reduction's serial epilogue cost as much as a cached row's
+// products.
+//
 // Σ_h sigmoid(hi + lo)·v over one row; with kStore also hc = sigmoid(hi + lo); with kUpdate (hi, lo) += w after.
 template <typename T, bool kUpdate, bool kStore>
 FF_INLINE T sigmoid_dot(T* __restrict hi, T* __restrict lo, T* __restrict hc, const T* __restrict v,
                         const T* __restrict w, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t h = 0; h < n; ++h) {
-    T e, r;
-    const T sg = sigmoid_parts(hi[h] + lo[h], e, r);
-    if constexpr (kStore) hc[h] = sg;
-    acc += sg * v[h];
-    if constexpr (kUpdate) two_sum_add(hi[h], lo[h], w[h]);
+  T acc[kLanes] = {};
+  for (int64_t h0 = 0; h0 < n; h0 += kLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const int64_t h = h0 + j;
+      T e, r;
+      const T sg = sigmoid_parts(hi[h] + lo[h], e, r);
+      if constexpr (kStore) hc[h] = sg;
+      acc[j] += sg * v[h];
+      if constexpr (kUpdate) two_sum_add(hi[h], lo[h], w[h]);
+    }
   }
-  return acc;
+  return tree_sum<T, kLanes>(acc);
 }
 
 // Sampling: (hi, lo) += w, then hc = sigmoid(hi + lo) and Σ_h hc·v, in one pass (the previous step's update
@@ -164,27 +184,41 @@ FF_INLINE T sigmoid_dot(T* __restrict hi, T* __restrict lo, T* __restrict hc, co
 template <typename T>
 FF_INLINE T update_sigmoid_dot(T* __restrict hi, T* __restrict lo, T* __restrict hc, const T* __restrict v,
                                const T* __restrict w, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t h = 0; h < n; ++h) {
-    T high = hi[h], low = lo[h];
-    two_sum_add(high, low, w[h]);
-    hi[h] = high;
-    lo[h] = low;
-    T e, r;
-    const T sg = sigmoid_parts(high + low, e, r);
-    hc[h] = sg;
-    acc += sg * v[h];
+  T acc[kLanes] = {};
+  for (int64_t h0 = 0; h0 < n; h0 += kLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const int64_t h = h0 + j;
+      T high = hi[h], low = lo[h];
+      two_sum_add(high, low, w[h]);
+      hi[h] = high;
+      lo[h] = low;
+      T e, r;
+      const T sg = sigmoid_parts(high + low, e, r);
+      hc[h] = sg;
+      acc[j] += sg * v[h];
+    }
   }
-  return acc;
+  return tree_sum<T, kLanes>(acc);
 }
 
+// Σ_h hc·v, n a multiple of kLanes (H is padded): 4·kLanes independent partial sums (four vector registers on
+// AVX-512, so that the multiply-adds do not wait on each other's latency) and a short pairwise tree at the end,
+// instead of an OpenMP reduction's one chain and serial epilogue, which cost as much as the products at H = 512.
 template <typename T>
 FF_INLINE T cached_dot(const T* __restrict hc, const T* __restrict v, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t h = 0; h < n; ++h) acc += hc[h] * v[h];
-  return acc;
+  constexpr int64_t kWide = 4 * kLanes;
+  T acc[kWide] = {};
+  int64_t h0 = 0;
+  for (; h0 + kWide <= n; h0 += kWide) {
+#pragma omp simd
+    for (int64_t j = 0; j < kWide; ++j) acc[j] += hc[h0 + j] * v[h0 + j];
+  }
+  for (; h0 < n; h0 += kLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) acc[j] += hc[h0 + j] * v[h0 + j];
+  }
+  return tree_sum<T, kWide>(acc);
 }
 
 template <typename T>
@@ -204,33 +238,36 @@ FF_INLINE T backward_row(T* __restrict G, T* __restrict hi, T* __restrict lo, T*
                          T* __restrict gw, T* __restrict gv, const T* __restrict w, const T* __restrict sub,
                          const T* __restrict v, T xi, T di, int64_t n) {
   static_assert(kRecompute || !kReverse, "a changed a needs its sigmoid recomputed");
-  T dx = 0;
-#pragma omp simd reduction(+ : dx)
-  for (int64_t h = 0; h < n; ++h) {
-    const T g = G[h];
-    if constexpr (kWeights) gw[h] += xi * g;
-    dx += g * w[h];
-    T sg, slope;
-    if constexpr (kRecompute) {
-      T high = hi[h], low = lo[h];
-      if constexpr (kReverse) {
-        two_sum_add(high, low, -sub[h]);
-        hi[h] = high;
-        lo[h] = low;
+  T dx[kLanes] = {};
+  for (int64_t h0 = 0; h0 < n; h0 += kLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const int64_t h = h0 + j;
+      const T g = G[h];
+      if constexpr (kWeights) gw[h] += xi * g;
+      dx[j] += g * w[h];
+      T sg, slope;
+      if constexpr (kRecompute) {
+        T high = hi[h], low = lo[h];
+        if constexpr (kReverse) {
+          two_sum_add(high, low, -sub[h]);
+          hi[h] = high;
+          lo[h] = low;
+        }
+        T e, r;
+        sg = sigmoid_parts(high + low, e, r);
+        slope = e * (r * r);
+        hc[h] = sg;
+        sc[h] = slope;
+      } else {
+        sg = hc[h];
+        slope = sc[h];
       }
-      T e, r;
-      sg = sigmoid_parts(high + low, e, r);
-      slope = e * (r * r);
-      hc[h] = sg;
-      sc[h] = slope;
-    } else {
-      sg = hc[h];
-      slope = sc[h];
+      gv[h] += di * sg;
+      G[h] = g + di * v[h] * slope;
     }
-    gv[h] += di * sg;
-    G[h] = g + di * v[h] * slope;
   }
-  return dx;
+  return tree_sum<T, kLanes>(dx);
 }
 
 // Σ_i x_i·l_i − softplus(l_i), softplus(l) = max(l, 0) + log1p(exp(−|l|)).
@@ -354,11 +391,12 @@ std::vector<uint8_t> finite_columns(const T* wt, int64_t dims, int64_t hidden) {
   return finite;
 }
 
-// sigmoid(l) in T, as torch.sigmoid computes it to the last ulp or so (sampling's probabilities).
+// sigmoid(l) in T within an ulp or two of torch.sigmoid (sampling's probabilities): fastmath's exp inlined
+// for float (libm's expf, called once per row and step, was a tenth of the sampler's time), libm for double.
 template <typename T>
 FF_INLINE T probability(T l) {
-  const T e = std::exp(-std::abs(l));
-  return l >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+  const T e = exp_bounded(-l);
+  return T(1) / (T(1) + e);
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -370,9 +408,9 @@ struct Sizes {
 
 // A group of up to kRows rows' running state: a = hi + lo and the cached h = sigmoid(a) ([kRows, H] each), and
 // per row whether h is a's.
-template <typename T>
+template <typename T, int64_t kRows>
 struct GroupState {
-  explicit GroupState(int64_t hidden) : H(hidden), buffer(static_cast<size_t>(4 * kRows * hidden)) {}
+  explicit GroupState(int64_t hidden) : H(hidden), buffer(static_cast<size_t>((3 * kRows + 1) * hidden)) {}
   T* hi(int64_t r) { return buffer.data() + r * H; }
   T* lo(int64_t r) { return buffer.data() + (kRows + r) * H; }
   T* hc(int64_t r) { return buffer.data() + (2 * kRows + r) * H; }
@@ -395,7 +433,7 @@ void forward_scan(const Sizes& s, const T* x, const T* wt, const T* c, const T* 
                   const uint8_t* finite, T* logits, T* log_prob) {
   const int64_t groups = (s.batch + kRows - 1) / kRows, H = s.hidden, D = s.dims;
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
-    GroupState<T> state(H);
+    GroupState<T, kRows> state(H);
     for (int64_t group = begin; group < end; ++group) {
       const int64_t r0 = group * kRows, rows = std::min(kRows, s.batch - r0);
       state.start(rows, c);
@@ -428,23 +466,26 @@ void forward_scan(const Sizes& s, const T* x, const T* wt, const T* c, const T* 
   });
 }
 
-// u [B, D] -> x [B, D] (0/1 in T).
+// u [B, D] -> x [B, D] (0/1 in T). Each step in three phases over the group's rows — the dots, the
+// probabilities, the decisions — so that the rows' chains (dot -> probability -> decision -> next step's update)
+// overlap instead of one row's waiting on its own latency.
 template <typename T>
 void sample_scan(const Sizes& s, const T* u, const T* wt, const T* c, const T* v, const T* b, const uint8_t* finite,
                  T* out) {
-  const int64_t groups = (s.batch + kRows - 1) / kRows, H = s.hidden, D = s.dims;
+  constexpr int64_t R = kSampleRows;
+  const int64_t groups = (s.batch + R - 1) / R, H = s.hidden, D = s.dims;
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
-    GroupState<T> state(H);
+    GroupState<T, R> state(H);
     for (int64_t group = begin; group < end; ++group) {
-      const int64_t r0 = group * kRows, rows = std::min(kRows, s.batch - r0);
+      const int64_t r0 = group * R, rows = std::min(R, s.batch - r0);
       state.start(rows, c);
       // pending[r]: the column a row's x_i = 1 adds, applied in the pass of step i + 1 (update_sigmoid_dot).
-      const T* pending[kRows] = {};
+      const T* pending[R] = {};
+      T p[R] = {};
       for (int64_t i = 0; i < D; ++i) {
         const T* w = wt + i * H;
         const T* vi = v + i * H;
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t row = r0 + r;
           T dot;
           if (pending[r]) {
             dot = Rows<T>::update_sigmoid_dot(state.hi(r), state.lo(r), state.hc(r), vi, pending[r], H);
@@ -456,7 +497,12 @@ void sample_scan(const Sizes& s, const T* u, const T* wt, const T* c, const T* v
             dot = Rows<T>::sigmoid_dot_store(state.hi(r), state.lo(r), state.hc(r), vi, H);
             state.fresh[r] = true;
           }
-          const T xi = u[row * D + i] < probability(b[i] + dot) ? T(1) : T(0);
+          p[r] = b[i] + dot;
+        }
+        for (int64_t r = 0; r < R; ++r) p[r] = probability(p[r]);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t row = r0 + r;
+          const T xi = u[row * D + i] < p[r] ? T(1) : T(0);
           out[row * D + i] = xi;
           const T* add = addend(xi, w, finite[i] != 0, state.scaled(), H);
           if (add == w) {
