@@ -52,7 +52,7 @@ using fastmath::log1p_unit;
 constexpr int64_t kRows = 4;         // forward: rows per group
 constexpr int64_t kSampleRows = 8;   // sampling: rows per group (independent chains of decisions to overlap)
 constexpr int64_t kTile = 512;       // backward: hidden units per item
-constexpr int64_t kMinChunkRows = 32;  // backward: rows per batch chunk, at least
+constexpr int64_t kMinChunkRows = 64;  // backward: rows per batch chunk, at least
 constexpr int64_t kMaxChunks = 8;    // backward: batch chunks, at most (bounds the [chunks, D, H] partial sums)
 // H is padded to a multiple of this with hidden units whose W, c and V are 0 (each adds 0 to every logit): a
 // row's loops then have no scalar remainder, which at H = 500 (4 left after 31 AVX-512 vectors) cost as much as
@@ -672,9 +672,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> nade_bwd_
     }
   });
   at::Tensor grad_x = at::sum(gx_part, {0}).add(gp.unsqueeze(1).mul(ls)).to(x.scalar_type()).contiguous();
-  at::Tensor grad_W = at::sum(gw_part, {0}).narrow(1, 0, hidden).t().to(W.scalar_type()).contiguous();
-  at::Tensor grad_c = at::sum(gc_part, {0}).narrow(0, 0, hidden).to(c.scalar_type()).contiguous();
-  at::Tensor grad_V = at::sum(gv_part, {0}).narrow(1, 0, hidden).to(V.scalar_type()).contiguous();
+  // One chunk (B < 2·kMinChunkRows): its slabs are the sums.
+  auto chunk_sum = [&](const at::Tensor& part) { return chunks == 1 ? part[0] : at::sum(part, {0}); };
+  at::Tensor grad_W = chunk_sum(gw_part).narrow(1, 0, hidden).t().to(W.scalar_type()).contiguous();
+  at::Tensor grad_c = chunk_sum(gc_part).narrow(0, 0, hidden).to(c.scalar_type()).contiguous();
+  at::Tensor grad_V = chunk_sum(gv_part).narrow(1, 0, hidden).to(V.scalar_type()).contiguous();
   at::Tensor grad_b = at::sum(delta, {0}).to(b.scalar_type()).contiguous();
   return {grad_x, grad_W, grad_c, grad_V, grad_b};
 }
