@@ -62,9 +62,9 @@ _MODEL_SWITCHES: dict[str, tuple[str, object, str]] = {
     "--direct": ("direct", True, "made: direct (masked) input-to-output connections"),
 }
 _MODEL_CHOICES = {"coupling": ("affine", "additive")}
-_TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "optimizer", "warmup", "grad_clip", "ema", "seed",
-                "eval_every", "checkpoint_every", "keep", "log_every", "max_minutes", "precision", "temperature",
-                "num_samples", "device")
+_TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "optimizer", "warmup", "lr_decay", "weight_decay", "grad_clip",
+                "ema", "seed", "eval_every", "checkpoint_every", "keep", "log_every", "max_minutes", "precision",
+                "temperature", "num_samples", "device")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=positive_float, help="learning rate (default 2e-3)")
     train.add_argument("--optimizer", choices=("adam", "adamax"), help="the optimiser (default adam)")
     train.add_argument("--warmup", type=non_negative_int, help="steps of linear learning-rate warm-up (default 100)")
+    train.add_argument("--lr-decay", choices=("none", "cosine"),
+                       help="after the warm-up: none (default, constant) or cosine (down to 0 at the last step)")
+    train.add_argument("--weight-decay", type=non_negative_float,
+                       help="decoupled weight decay per step, times the learning rate (AdamW; default 0)")
     train.add_argument("--grad-clip", type=positive_float, help="gradient-norm clipping (default 100)")
     train.add_argument("--ema", type=probability,
                        help="Polyak averaging decay in (0, 1) for evaluation and samples (default 0.999)")

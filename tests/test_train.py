@@ -143,3 +143,27 @@ def test_binary_data_with_a_validation_split_reports_nats_and_keeps_the_best(tmp
     assert abs(score - best["test_nll"]) < 1e-3  # the same weights, the same fixed noise
     assert main(["eval", str(out), "--checkpoint", "latest", "--split", "valid"]) == 0
     assert "(step 30)" in capsys.readouterr().out
+
+
+def test_learning_rate_schedule_and_weight_decay(tmp_path):
+    """--lr-decay cosine: the linear warm-up, then lr·(1 + cos(π·t))/2 down to 0 at the last step; --weight-decay
+    makes the optimiser AdamW with that decay (decoupled: it shrinks weights whose gradient is zero)."""
+    import math
+
+    from fastflow.train.loop import _lr_factor
+
+    assert [_lr_factor(4, 20, "cosine", step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert _lr_factor(4, 20, "cosine", 12) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert _lr_factor(4, 20, "cosine", 20) == pytest.approx(0.0, abs=1e-12)
+    assert _lr_factor(4, 20, "none", 19) == 1.0
+    out = tmp_path / "run"
+    assert main(["train", "flow", "--hidden", "4", "--couplings", "2", "--steps", "20", "--warmup", "4",
+                 "--lr-decay", "cosine", "--weight-decay", "0.1", "--eval-every", "20", "--num-samples", "4",
+                 "--out", str(out), "--no-progress"]) == 0
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    config = logged[0]["config"]
+    assert config["lr_decay"] == "cosine" and config["weight_decay"] == 0.1
+    rates = [line["lr"] for line in logged[1:] if "lr" in line]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.05 * config["lr"]
+    groups = load_checkpoint(out / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert [group["weight_decay"] for group in groups] == [0.1]
