@@ -176,6 +176,8 @@ def check_binary(name: str, x: object, *, dtype: torch.dtype | None = None) -> T
         # or an infinity give NaN or −inf). The counts for the message only when something is wrong.
         if x.is_floating_point():
             wrong = bool(torch.count_nonzero(x * (1 - x)))
+        elif x.dtype == torch.uint8:
+            wrong = bool(x.max() > 1)
         else:
             low, high = torch.aminmax(x)
             wrong = bool(torch.stack([low < 0, high > 1]).any())

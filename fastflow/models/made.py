@@ -104,7 +104,7 @@ class MADE(BinaryAutoregressive):
             self.set_masks((self._mask_index + 1) % self.num_masks)
 
     def _logits(self, x: Tensor) -> Tensor:
-        return self.net(x)[:, 0]
+        return self.net.flat(x)  # one output per dimension: [B, D]
 
     def mask_log_prob(self, x: Tensor, index: int | None = None) -> Tensor:
         """``log p_k(x)`` ``[B]`` under mask set ``index`` alone (default: the current one), in any mode; the

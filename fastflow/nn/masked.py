@@ -168,7 +168,9 @@ class MaskedMLP(nn.Module):
             self.direct.set_mask(rank[:, None] > degrees[0][None, :])
         self.order = _to_device(order, device)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def flat(self, x: Tensor) -> Tensor:
+        """The outputs as ``[..., outputs_per_dim·D]`` (output ``p·D + d`` is dimension ``d``'s ``p``-th): with one
+        output per dimension, the logits themselves, with no view to build and differentiate through."""
         h = x
         for i, layer in enumerate(self.layers):
             h = layer(h)
@@ -176,7 +178,10 @@ class MaskedMLP(nn.Module):
                 h = F.relu(h)
         if self.direct is not None:
             h = h + self.direct(x)
-        return h.unflatten(-1, (self.outputs_per_dim, self.dim))
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.flat(x).unflatten(-1, (self.outputs_per_dim, self.dim))
 
 
 # --------------------------------------------------------------------------------------------------
