@@ -160,8 +160,12 @@ FF_INLINE T tree_sum(T* acc) {
 // sum, summed by tree_sum at the end: an OpenMP reduction's serial epilogue cost as much as a cached row's
 // products.
 //
-// Σ_h sigmoid(hi + lo)·v over one row; with kStore also hc = sigmoid(hi + lo); with kUpdate (hi, lo) += w after.
-template <typename T, bool kUpdate, bool kStore>
+// Where a sigmoid pass applies (hi, lo) += w: not at all, after the sigmoid (the forward: step i's dot, then its
+// update), or before it (sampling: the previous step's update fused into this step's dot).
+enum class Update { kNone, kAfter, kBefore };
+
+// Σ_h sigmoid(hi + lo)·v over one row, with (hi, lo) += w where kUpdate says; with kStore also hc = the sigmoid.
+template <typename T, Update kUpdate, bool kStore>
 FF_INLINE T sigmoid_dot(T* __restrict hi, T* __restrict lo, T* __restrict hc, const T* __restrict v,
                         const T* __restrict w, int64_t n) {
   T acc[kLanes] = {};
@@ -169,34 +173,12 @@ FF_INLINE T sigmoid_dot(T* __restrict hi, T* __restrict lo, T* __restrict hc, co
 #pragma omp simd
     for (int64_t j = 0; j < kLanes; ++j) {
       const int64_t h = h0 + j;
+      if constexpr (kUpdate == Update::kBefore) two_sum_add(hi[h], lo[h], w[h]);
       T e, r;
       const T sg = sigmoid_parts(hi[h] + lo[h], e, r);
       if constexpr (kStore) hc[h] = sg;
       acc[j] += sg * v[h];
-      if constexpr (kUpdate) two_sum_add(hi[h], lo[h], w[h]);
-    }
-  }
-  return tree_sum<T, kLanes>(acc);
-}
-
-// Sampling: (hi, lo) += w, then hc = sigmoid(hi + lo) and Σ_h hc·v, in one pass (the previous step's update
-// fused into this step's dot).
-template <typename T>
-FF_INLINE T update_sigmoid_dot(T* __restrict hi, T* __restrict lo, T* __restrict hc, const T* __restrict v,
-                               const T* __restrict w, int64_t n) {
-  T acc[kLanes] = {};
-  for (int64_t h0 = 0; h0 < n; h0 += kLanes) {
-#pragma omp simd
-    for (int64_t j = 0; j < kLanes; ++j) {
-      const int64_t h = h0 + j;
-      T high = hi[h], low = lo[h];
-      two_sum_add(high, low, w[h]);
-      hi[h] = high;
-      lo[h] = low;
-      T e, r;
-      const T sg = sigmoid_parts(high + low, e, r);
-      hc[h] = sg;
-      acc[j] += sg * v[h];
+      if constexpr (kUpdate == Update::kAfter) two_sum_add(hi[h], lo[h], w[h]);
     }
   }
   return tree_sum<T, kLanes>(acc);
@@ -290,13 +272,13 @@ FF_INLINE T log_prob_row(const T* __restrict logits, const T* __restrict x, int6
 template <typename T>
 struct Rows {
   static T sigmoid_dot_update(T* hi, T* lo, const T* v, const T* w, int64_t n) {
-    return sigmoid_dot<T, true, false>(hi, lo, nullptr, v, w, n);
+    return sigmoid_dot<T, Update::kAfter, false>(hi, lo, nullptr, v, w, n);
   }
   static T sigmoid_dot_store(T* hi, T* lo, T* hc, const T* v, int64_t n) {
-    return sigmoid_dot<T, false, true>(hi, lo, hc, v, nullptr, n);
+    return sigmoid_dot<T, Update::kNone, true>(hi, lo, hc, v, nullptr, n);
   }
   static T update_sigmoid_dot(T* hi, T* lo, T* hc, const T* v, const T* w, int64_t n) {
-    return fastflow::update_sigmoid_dot<T>(hi, lo, hc, v, w, n);
+    return sigmoid_dot<T, Update::kBefore, true>(hi, lo, hc, v, w, n);
   }
   static T cached_dot(const T* hc, const T* v, int64_t n) { return fastflow::cached_dot<T>(hc, v, n); }
   static void update(T* hi, T* lo, const T* w, int64_t n) { update_row<T>(hi, lo, w, n); }
@@ -316,13 +298,13 @@ struct Rows {
 };
 
 FF_CLONES float f32_sigmoid_dot_update(float* hi, float* lo, const float* v, const float* w, int64_t n) {
-  return sigmoid_dot<float, true, false>(hi, lo, nullptr, v, w, n);
+  return sigmoid_dot<float, Update::kAfter, false>(hi, lo, nullptr, v, w, n);
 }
 FF_CLONES float f32_sigmoid_dot_store(float* hi, float* lo, float* hc, const float* v, int64_t n) {
-  return sigmoid_dot<float, false, true>(hi, lo, hc, v, nullptr, n);
+  return sigmoid_dot<float, Update::kNone, true>(hi, lo, hc, v, nullptr, n);
 }
 FF_CLONES float f32_update_sigmoid_dot(float* hi, float* lo, float* hc, const float* v, const float* w, int64_t n) {
-  return update_sigmoid_dot<float>(hi, lo, hc, v, w, n);
+  return sigmoid_dot<float, Update::kBefore, true>(hi, lo, hc, v, w, n);
 }
 FF_CLONES float f32_cached_dot(const float* hc, const float* v, int64_t n) { return cached_dot<float>(hc, v, n); }
 FF_CLONES void f32_update(float* hi, float* lo, const float* w, int64_t n) { update_row<float>(hi, lo, w, n); }
