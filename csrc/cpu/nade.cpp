@@ -54,9 +54,9 @@ constexpr int64_t kSampleRows = 8;   // sampling: rows per group (independent ch
 constexpr int64_t kTile = 512;       // backward: hidden units per item
 constexpr int64_t kMinChunkRows = 64;  // backward: rows per batch chunk, at least
 constexpr int64_t kMaxChunks = 8;    // backward: batch chunks, at most (bounds the [chunks, D, H] partial sums)
-// H is padded to a multiple of this with hidden units whose W, c and V are 0 (each adds 0 to every logit): a
-// row's loops then have no scalar remainder, which at H = 500 (4 left after 31 AVX-512 vectors) cost as much as
-// the vector part, each leftover element paying a whole scalar exp and reciprocal.
+// H is padded to a multiple of this with hidden units whose W, c and V are 0 (each adds 0 to every logit): the
+// row loops run in whole blocks of kLanes, with no scalar remainder (at H = 500, 4 units after 31 AVX-512
+// vectors, each paying a scalar exp and division).
 constexpr int64_t kLanes = 16;
 
 // ------------------------------------------------------------------------------------------------------
@@ -157,8 +157,8 @@ FF_INLINE T tree_sum(T* acc) {
 }
 
 // The row loops run over H (a multiple of kLanes: padded) in blocks of kLanes, each lane with its own partial
-// sum, summed by tree_sum at the end: an OpenMP reduction's serial epilogue cost as much as a cached row's
-// products.
+// sum, summed by tree_sum at the end: an OpenMP reduction's epilogue (16 dependent scalar additions through the
+// stack) was as long as a cached row's 32 vector products.
 //
 // Where a sigmoid pass applies (hi, lo) += w: not at all, after the sigmoid (the forward: step i's dot, then its
 // update), or before it (sampling: the previous step's update fused into this step's dot).
@@ -186,7 +186,7 @@ FF_INLINE T sigmoid_dot(T* __restrict hi, T* __restrict lo, T* __restrict hc, co
 
 // Σ_h hc·v, n a multiple of kLanes (H is padded): 4·kLanes independent partial sums (four vector registers on
 // AVX-512, so that the multiply-adds do not wait on each other's latency) and a short pairwise tree at the end,
-// instead of an OpenMP reduction's one chain and serial epilogue, which cost as much as the products at H = 512.
+// instead of an OpenMP reduction's one chain and serial epilogue, as long as the products themselves at H = 512.
 template <typename T>
 FF_INLINE T cached_dot(const T* __restrict hc, const T* __restrict v, int64_t n) {
   constexpr int64_t kWide = 4 * kLanes;
@@ -388,15 +388,15 @@ struct Sizes {
   int64_t batch, dims, hidden;
 };
 
-// A group of up to kRows rows' running state: a = hi + lo and the cached h = sigmoid(a) ([kRows, H] each), and
-// per row whether h is a's.
-template <typename T, int64_t kRows>
+// A group of up to R rows' running state: a = hi + lo and the cached h = sigmoid(a) ([R, H] each), and per row
+// whether h is a's.
+template <typename T, int64_t R>
 struct GroupState {
-  explicit GroupState(int64_t hidden) : H(hidden), buffer(static_cast<size_t>((3 * kRows + 1) * hidden)) {}
+  explicit GroupState(int64_t hidden) : H(hidden), buffer(static_cast<size_t>((3 * R + 1) * hidden)) {}
   T* hi(int64_t r) { return buffer.data() + r * H; }
-  T* lo(int64_t r) { return buffer.data() + (kRows + r) * H; }
-  T* hc(int64_t r) { return buffer.data() + (2 * kRows + r) * H; }
-  T* scaled() { return buffer.data() + 3 * kRows * H; }  // one row: addend's x_i·w
+  T* lo(int64_t r) { return buffer.data() + (R + r) * H; }
+  T* hc(int64_t r) { return buffer.data() + (2 * R + r) * H; }
+  T* scaled() { return buffer.data() + 3 * R * H; }  // one row: addend's x_i·w
   void start(int64_t rows, const T* c) {
     for (int64_t r = 0; r < rows; ++r) {
       std::memcpy(hi(r), c, static_cast<size_t>(H) * sizeof(T));
@@ -406,7 +406,7 @@ struct GroupState {
   }
   int64_t H;
   std::vector<T> buffer;
-  bool fresh[kRows] = {};
+  bool fresh[R] = {};
 };
 
 // x [B, D], wt [D, H], c [H], v [D, H], b [D] -> logits [B, D], log_prob [B].
