@@ -10,6 +10,7 @@
 // a chunk of samples at a time (about kChunkElements elements, at least one sample), so that the float32 copies
 // stay small whatever the batch.
 #include "../actnorm_invconv.h"
+#include "dtypes.h"
 
 #include <ATen/ops/addbmm.h>
 #include <ATen/ops/baddbmm.h>
@@ -28,18 +29,6 @@ namespace {
 // Elements of one converted float32 chunk of x or grad_y (4 MiB).
 constexpr int64_t kChunkElements = int64_t{1} << 20;
 
-at::ScalarType accumulation_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
-
-// The names users know from Python (torch.float32), not ATen's (Float).
-const char* dtype_name(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    default: return c10::toString(dtype);
-  }
-}
 
 bool supported_dtype(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble;

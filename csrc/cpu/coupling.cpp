@@ -12,6 +12,7 @@
 // log-determinant is reduced per chunk, the chunks' partial sums are stored, then summed per sample in a
 // fixed order: the result does not depend on the thread count.
 #include "../coupling.h"
+#include "dtypes.h"
 #include "fastmath.h"
 
 #include <ATen/Dispatch.h>
@@ -595,8 +596,6 @@ void backward_impl(const at::Tensor& grad_y, const std::vector<double>& grad_log
     }
   });
 }
-
-at::ScalarType accumulation_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "fastflow coupling (CPU kernel): ", name, " is on ", t.device(),

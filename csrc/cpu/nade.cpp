@@ -24,6 +24,7 @@
 // - Sampling: the forward's groups, with the decision x_i = (u_i < sigmoid(logit_i)) before the update, which is
 //   fused into the next step's pass.
 #include "../nade.h"
+#include "dtypes.h"
 #include "fastmath.h"
 
 #include <ATen/Dispatch.h>
@@ -61,18 +62,6 @@ constexpr int64_t kLanes = 16;
 
 // ------------------------------------------------------------------------------------------------------
 // Argument checks.
-
-at::ScalarType accumulation_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
-
-const char* dtype_name(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    default: return c10::toString(dtype);
-  }
-}
 
 void check_tensor(const at::Tensor& t, const char* name, at::IntArrayRef expected, const char* what) {
   TORCH_CHECK_VALUE(t.defined(), "fastflow nade: ", name, " is undefined");
