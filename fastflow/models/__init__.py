@@ -7,6 +7,7 @@ from fastflow.models.made import MADE
 from fastflow.models.maf import MAF
 from fastflow.models.nade import NADE
 from fastflow.models.nice import NICE
+from fastflow.models.pixelcnn import PixelCNN
 from fastflow.models.realnvp import RealNVP
 
-__all__ = ["FVSBN", "MADE", "MAF", "NADE", "NICE", "CouplingFlow", "Glow", "RealNVP"]
+__all__ = ["FVSBN", "MADE", "MAF", "NADE", "NICE", "CouplingFlow", "PixelCNN", "Glow", "RealNVP"]

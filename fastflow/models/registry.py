@@ -22,6 +22,7 @@ from fastflow.models.made import MADE
 from fastflow.models.maf import MAF
 from fastflow.models.nade import NADE
 from fastflow.models.nice import NICE
+from fastflow.models.pixelcnn import PixelCNN
 from fastflow.models.realnvp import RealNVP
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "register_model"]
@@ -168,3 +169,16 @@ def _maf(shape, levels, *, layers: int = 5, hidden: int | str = 512) -> MAF:
     """MAF: masked autoregressive flow layers (Gaussian MADEs, order reversed between them), dequantised data."""
     channels, height, width = shape
     return MAF(channels * height * width, num_layers=layers, hidden_sizes=_hidden_sizes(hidden, None), levels=levels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Autoregressive models of whole images.
+
+
+@register_model("pixelcnn")
+def _pixelcnn(shape, levels, *, hidden: int = 64, layers: int = 6, gated: bool = False, kernel: int = 7,
+              residual_kernel: int = 3) -> PixelCNN:
+    """PixelCNN (gated: Gated PixelCNN): masked convolutions, a softmax over the levels (Bernoulli for 2)."""
+    channels, height, width = shape
+    return PixelCNN(channels, levels=levels, hidden_channels=hidden, num_layers=layers, gated=gated,
+                    image_size=(height, width), kernel_size=kernel, residual_kernel_size=residual_kernel)

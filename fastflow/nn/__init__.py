@@ -10,6 +10,7 @@ from fastflow.nn.coupling import AdditiveCoupling, AffineCoupling, GlowCondition
 from fastflow.nn.flowstep import FlowStep
 from fastflow.nn.invconv import InvConv1x1
 from fastflow.nn.masked import MaskedAutoregressiveFlow, MaskedLinear, MaskedMLP
+from fastflow.nn.masked_conv import MaskedConv2d
 from fastflow.nn.memory import InvertibleSequential
 from fastflow.nn.resnet import ResNetConditioner
 from fastflow.nn.split import Split
@@ -27,6 +28,7 @@ __all__ = [
     "InvertibleSequential",
     "MLPConditioner",
     "MaskedAutoregressiveFlow",
+    "MaskedConv2d",
     "MaskedLinear",
     "MaskedMLP",
     "ResNetConditioner",

@@ -8,6 +8,7 @@ dtype no kernel covers) goes through the custom ops."""
 
 from fastflow.ops.actnorm_invconv import actnorm_invconv
 from fastflow.ops.coupling import additive_coupling, affine_coupling
+from fastflow.ops.masked_conv import masked_conv
 from fastflow.ops.nade import nade, nade_sample  # the functions shadow the module name: import NADE from it directly
 
-__all__ = ["actnorm_invconv", "additive_coupling", "affine_coupling", "nade", "nade_sample"]
+__all__ = ["actnorm_invconv", "additive_coupling", "affine_coupling", "masked_conv", "nade", "nade_sample"]

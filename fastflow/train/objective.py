@@ -66,5 +66,5 @@ class Objective(nn.Module):
         if self.dequantize:
             log_prob = self.model.log_prob(x, noise=noise)
         else:
-            log_prob = self.model.log_prob(x.float())
+            log_prob = self.model.log_prob(x)
         return self.unit.of(-log_prob, x[0].numel())
