@@ -51,3 +51,17 @@ def autotune_configs(space: Iterable[triton.Config], interpreted: dict[str, int]
         return [triton.Config(dict(interpreted), num_warps=1)]
     configs = list(space)
     return configs if AUTOTUNE else configs[:1]
+
+
+def cudnn_conv_allows_tf32() -> bool:
+    """Whether PyTorch's ``conv2d`` (cuDNN) runs float32 convolutions in TF32 now (its default: yes)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    precision = getattr(conv, "fp32_precision", None)
+    if precision is None:  # before PyTorch 2.9: the one flag
+        return bool(torch.backends.cudnn.allow_tf32)
+    # The per-operator setting, "none" inheriting from cuDNN's, then from the global one.
+    for parent in (torch.backends.cudnn, torch.backends):
+        if precision != "none":
+            break
+        precision = parent.fp32_precision
+    return precision == "tf32"

@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, autotune_configs, sm_count
+from ._common import INTERPRETED, autotune_configs, cudnn_conv_allows_tf32, sm_count
 
 # tl.dot's smallest block along every dimension.
 _MIN_BLOCK = 16
@@ -391,23 +391,9 @@ def _fused_backward_kernel(
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
-def _cudnn_conv_allows_tf32() -> bool:
-    """Whether PyTorch's ``conv2d`` (cuDNN) runs float32 convolutions in TF32 now (its default: yes)."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    precision = getattr(conv, "fp32_precision", None)
-    if precision is None:  # before PyTorch 2.9: the one flag
-        return bool(torch.backends.cudnn.allow_tf32)
-    # The per-operator setting, "none" inheriting from cuDNN's, then from the global one.
-    for parent in (torch.backends.cudnn, torch.backends):
-        if precision != "none":
-            break
-        precision = parent.fp32_precision
-    return precision == "tf32"
-
-
 def _float32_dot_precision(channels: int) -> str:
     """``input_precision`` of the float32 dots for ``channels`` channels (see the module docstring)."""
-    return "tf32" if channels >= _TF32_MIN_CHANNELS and _cudnn_conv_allows_tf32() else "ieee"
+    return "tf32" if channels >= _TF32_MIN_CHANNELS and cudnn_conv_allows_tf32() else "ieee"
 
 
 def _pixels_view(t: torch.Tensor) -> torch.Tensor:
