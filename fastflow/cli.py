@@ -46,10 +46,13 @@ __all__ = ["PRESETS", "build_parser", "format_presets", "main"]
 _MODEL_FLAGS: dict[str, tuple[str, Callable[[str], object], str]] = {
     "--scales": ("scales", positive_int, "glow/realnvp: number of scales (levels)"),
     "--depth": ("depth", positive_int, "glow: flow steps per scale"),
-    "--hidden": ("hidden", positive_int, "conditioner width (channels or units)"),
+    "--hidden": ("hidden", positive_int, "conditioner width (channels or units); pixelcnn: channels"),
     "--blocks": ("blocks", positive_int, "realnvp: residual blocks per conditioner"),
     "--couplings": ("couplings", positive_int, "nice/flow: number of couplings"),
-    "--layers": ("layers", positive_int, "nice/made: hidden layers (per conditioner); maf: flow layers"),
+    "--layers": ("layers", positive_int, "nice/made: hidden layers (per conditioner); maf: flow layers; pixelcnn: "
+                 "residual blocks (gated: layers after the first)"),
+    "--kernel": ("kernel", positive_int, "pixelcnn: the first layer's (odd) kernel size (7)"),
+    "--residual-kernel": ("residual_kernel", positive_int, "pixelcnn: every later layer's (odd) kernel size (3)"),
     "--masks": ("masks", positive_int, "made: mask sets, one per minibatch in training, averaged in evaluation"),
     "--coupling": ("coupling", str, "glow: affine or additive"),
     "--n-bits": ("n_bits", int_between(1, 8), "glow: bits per channel the images are reduced to (1..8)"),
@@ -60,6 +63,7 @@ _MODEL_SWITCHES: dict[str, tuple[str, object, str]] = {
     "--memory-efficient": ("memory_efficient", True, "glow/realnvp: rebuild activations in the backward"),
     "--natural-ordering": ("natural_ordering", True, "made: the data's order instead of a random one"),
     "--direct": ("direct", True, "made: direct (masked) input-to-output connections"),
+    "--gated": ("gated", True, "pixelcnn: the Gated PixelCNN (vertical and horizontal stacks, no blind spot)"),
 }
 _MODEL_CHOICES = {"coupling": ("affine", "additive")}
 _TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "optimizer", "warmup", "lr_decay", "weight_decay", "grad_clip",

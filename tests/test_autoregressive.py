@@ -1,7 +1,9 @@
-"""Autoregressive models (FVSBN, NADE, MADE, the MAF layer and model) and MaskedLinear (issue 10).
+"""Autoregressive models (FVSBN, NADE, MADE, the MAF layer and model, PixelCNN and Gated PixelCNN), MaskedLinear and
+MaskedConv2d (issues 10 and 11).
 
 1. The autoregressive property through the Jacobian: the output for dimension ``order[k]`` depends on
-   ``x[order[:k]]`` and on nothing else (exact zeros), for every model and mask set.
+   ``x[order[:k]]`` and on nothing else (exact zeros), for every model and mask set; images in raster order with
+   R → G → B inside a pixel, and, for the models without a blind spot, on every earlier dimension.
 2. Exact normalisation over all ``2^D`` states, and samples whose frequencies match ``exp(log_prob)``.
 3. Bad input: one table, each case a ValueError/TypeError naming the argument.
 4. MaskedLinear: its state_dict, loading nn.Linear's, zero gradients of masked weights.
@@ -20,9 +22,9 @@ import pytest
 import torch
 from torch import nn
 
-from fastflow.models import FVSBN, MADE, MAF, NADE
+from fastflow.models import FVSBN, MADE, MAF, NADE, PixelCNN
 from fastflow.models.registry import build_model
-from fastflow.nn import MaskedAutoregressiveFlow, MaskedLinear, MaskedMLP
+from fastflow.nn import MaskedAutoregressiveFlow, MaskedConv2d, MaskedLinear, MaskedMLP
 
 
 def _randomize(module: nn.Module, std: float = 0.5, seed: int = 0) -> nn.Module:
@@ -55,6 +57,9 @@ class ARCase:
     binary: bool = True
     #: whether output ``order[k]`` may depend on ``x[order[k]]`` itself (a flow's ``u_i`` does).
     diagonal: bool = False
+    #: whether output ``order[k]`` must depend on every one of ``x[order[:k]]`` (False: a convolution's local
+    #: receptive field, PixelCNN's blind spot).
+    complete: bool = True
 
 
 def _logits(model, x):
@@ -91,26 +96,88 @@ AR_CASES.append(ARCase("maf-model-one-layer-flow", lambda: MAF(6, num_layers=1, 
                        _flow_output, binary=False, diagonal=True))
 
 
+class RasterImage(nn.Module):
+    """An image model seen as one over vectors: ``x [D]`` holds the pixels of a ``C × H × W`` image in raster order
+    with the colours inside each pixel (``D = H·W·C``, the natural ``order``); ``forward`` returns the outputs of
+    each dimension ``[..., D]`` (``outputs_of(module, image) -> [B, G, C, H, W]``: ``G`` outputs per colour)."""
+
+    def __init__(self, module: nn.Module, shape: tuple[int, int, int], outputs_of: Callable, binary: bool = True):
+        super().__init__()
+        self.module, self.shape, self.outputs_of = module, shape, outputs_of
+        self.register_buffer("order", torch.arange(math.prod(shape)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels, height, width = self.shape
+        image = x.reshape(x.shape[0], height, width, channels).permute(0, 3, 1, 2)
+        out = self.outputs_of(self.module, image)  # [B, G, C, H, W]
+        return out.permute(0, 1, 3, 4, 2).reshape(x.shape[0], out.shape[1], -1)
+
+
+def _conv_outputs(layer, image):
+    """A MaskedConv2d's channels, grouped by colour: ``[B, C_out/C, C, H, W]``."""
+    y = layer(image)
+    colours = layer.data_channels
+    return y.reshape(y.shape[0], colours, -1, *y.shape[2:]).transpose(1, 2)
+
+
+def _pixelcnn_outputs(model, image):
+    """PixelCNN's logits of the network input (continuous, so that the Jacobian exists): ``[B, levels, C, H, W]``."""
+    logits = model._logits(model.network(image, model._cond(1 if model.num_classes else None, image.shape[0])))
+    return logits if logits.dim() == 5 else logits[:, None]
+
+
+def _image_case(name: str, build: Callable[[], nn.Module], shape, outputs_of, diagonal=False, complete=False):
+    return ARCase(name, lambda: RasterImage(build(), shape, outputs_of), _logits, diagonal=diagonal,
+                  complete=complete)
+
+
+# MaskedConv2d: mask A strictly before (raster order, R → G → B), mask B the pixel's own colour and those before too.
+for _mask, _colours in itertools.product("AB", (1, 3)):
+    AR_CASES.append(_image_case(
+        f"masked-conv-{_mask}-{_colours}-colours",
+        lambda m=_mask, c=_colours: MaskedConv2d(c, 2 * c, 3, m, c), (_colours, 3, 3), _conv_outputs,
+        diagonal=_mask == "B"))
+# PixelCNN (its blind spot: not every earlier pixel) and Gated PixelCNN (no blind spot), 1 and 3 colours.
+AR_CASES += [
+    _image_case("pixelcnn-binary", lambda: PixelCNN(1, levels=2, hidden_channels=4, num_layers=2, kernel_size=3),
+                (1, 3, 4), _pixelcnn_outputs),
+    _image_case("pixelcnn-3-colours-4-levels",
+                lambda: PixelCNN(3, levels=4, hidden_channels=12, num_layers=1, kernel_size=3), (3, 2, 3),
+                _pixelcnn_outputs),
+    _image_case("gated-pixelcnn-binary",
+                lambda: PixelCNN(1, levels=2, hidden_channels=4, num_layers=3, gated=True, kernel_size=3),
+                (1, 4, 4), _pixelcnn_outputs, complete=True),
+    _image_case("gated-pixelcnn-3-colours-classes",
+                lambda: PixelCNN(3, levels=3, hidden_channels=9, num_layers=2, gated=True, num_classes=2,
+                                 kernel_size=3),
+                (3, 3, 3), _pixelcnn_outputs, complete=True),
+]
+
+
 @pytest.mark.parametrize("case", AR_CASES, ids=lambda case: case.name)
 def test_autoregressive_jacobian(case):
     module = _randomize(case.build().double())
     order = (module[0] if isinstance(module, nn.Sequential) else module).order.tolist()
-    assert sorted(order) == list(range(6))
+    dims = len(order)
+    assert sorted(order) == list(range(dims))
     generator = torch.Generator().manual_seed(0)
-    depends = torch.zeros(6, 6, dtype=torch.bool)  # [output dim, input dim], over all points
+    depends = torch.zeros(dims, dims, dtype=torch.bool)  # [output dim, input dim], over all points
     for _ in range(4):
         if case.binary:
-            x = torch.randint(0, 2, (6,), generator=generator).double()
+            x = torch.randint(0, 2, (dims,), generator=generator).double()
         else:
-            x = torch.randn(6, generator=generator, dtype=torch.float64)
+            x = torch.randn(dims, generator=generator, dtype=torch.float64)
         jacobian = torch.autograd.functional.jacobian(lambda v: case.outputs(module, v), x)
-        jacobian = jacobian.reshape(-1, 6, 6)  # [output group, output dim, input dim]
+        jacobian = jacobian.reshape(-1, dims, dims)  # [output group, output dim, input dim]
         nonzero = (jacobian != 0).any(0)
         for k, i in enumerate(order):
             allowed = set(order[: k + 1] if case.diagonal else order[:k])
-            forbidden = [j for j in range(6) if j not in allowed]
+            forbidden = [j for j in range(dims) if j not in allowed]
             assert not nonzero[i, forbidden].any(), f"output {i} (rank {k}) depends on {forbidden}"
         depends |= nonzero
+    if not case.complete:
+        assert depends.any(1)[order[1:]].all(), "an output after the first depends on nothing"
+        return
     for k, i in enumerate(order):
         expected = order[: k + 1] if case.diagonal else order[:k]
         assert depends[i, expected].all(), f"output {i} (rank {k}) ignores some of {expected}"

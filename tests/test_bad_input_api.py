@@ -16,7 +16,7 @@ import torch
 
 import fastflow.models.quantization as quantization
 from fastflow import ops
-from fastflow.models import NICE, CouplingFlow, Glow, RealNVP
+from fastflow.models import NICE, CouplingFlow, Glow, PixelCNN, RealNVP
 from fastflow.nn import (
     ActNorm,
     AdditiveCoupling,
@@ -31,6 +31,7 @@ from fastflow.nn import (
     Squeeze,
     ZeroConv2d,
 )
+from fastflow.train.objective import takes_noise
 
 # Tiny models: every case runs in milliseconds.
 
@@ -51,10 +52,15 @@ def _coupling_flow(**kwargs) -> CouplingFlow:
     return CouplingFlow(1, 4, **{"num_couplings": 2, "hidden_channels": 4, "levels": 17, **kwargs})
 
 
+def _pixelcnn(**kwargs) -> PixelCNN:
+    return PixelCNN(1, **{"levels": 17, "hidden_channels": 4, "num_layers": 1, "image_size": 4, **kwargs})
+
+
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
-    "glow": _glow, "realnvp": _realnvp, "nice": _nice, "coupling_flow": _coupling_flow,
+    "glow": _glow, "realnvp": _realnvp, "nice": _nice, "coupling_flow": _coupling_flow, "pixelcnn": _pixelcnn,
 }
-IMAGE_SHAPE = {"glow": (2, 1, 8, 8), "realnvp": (2, 1, 4, 4), "nice": (2, 6), "coupling_flow": (2, 1, 4, 4)}
+IMAGE_SHAPE = {"glow": (2, 1, 8, 8), "realnvp": (2, 1, 4, 4), "nice": (2, 6), "coupling_flow": (2, 1, 4, 4),
+               "pixelcnn": (2, 1, 4, 4)}
 
 
 def _op_args(channels: int = 4):
@@ -210,7 +216,7 @@ for _name, (_build, _shape) in FLOW_LAYERS.items():
                   TypeError, FLOAT_Y))
 
 # 5. Images out of range (every model, every entry point: log_prob, bits_per_dim, forward).
-for _model, _levels in (("glow", 256), ("realnvp", 17), ("nice", 17), ("coupling_flow", 17)):
+for _model, _levels in (("glow", 256), ("realnvp", 17), ("nice", 17), ("coupling_flow", 17), ("pixelcnn", 17)):
     _s = IMAGE_SHAPE[_model]
     for _method in ("log_prob", "bits_per_dim", "forward"):
         CASES.append((f"{_model}-{_method}-int64-too-big",
@@ -378,8 +384,9 @@ def test_integer_images_in_range_give_the_float_log_prob(name, dtype):
     levels = 256 if name == "glow" else 17
     k = torch.randint(0, levels, IMAGE_SHAPE[name])
     model(k.to(torch.uint8))  # Glow's ActNorm initialisation
-    expected = model.log_prob(k.double() / (levels - 1), noise=False)
-    torch.testing.assert_close(model.log_prob(k.to(dtype), noise=False), expected)
+    exact = {"noise": False} if takes_noise(model) else {}  # a discrete model (PixelCNN) has no dequantisation
+    expected = model.log_prob(k.double() / (levels - 1), **exact)
+    torch.testing.assert_close(model.log_prob(k.to(dtype), **exact), expected)
     assert torch.isfinite(expected).all()
 
 

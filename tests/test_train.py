@@ -59,7 +59,8 @@ def test_every_registered_model_trains_from_the_command(tmp_path):
              "nice": ["--hidden", "16", "--layers", "1"], "flow": ["--hidden", "8", "--couplings", "2"],
              "fvsbn": on_binary, "nade": [*on_binary, "--hidden", "8"],
              "made": [*on_binary, "--hidden", "8", "--layers", "2", "--masks", "2", "--direct"],
-             "maf": [*on_binary, "--hidden", "8", "--layers", "2"]}
+             "maf": [*on_binary, "--hidden", "8", "--layers", "2"],
+             "pixelcnn": ["--hidden", "6", "--layers", "1", "--kernel", "3"]}
     assert set(small) == set(MODELS)
     for name, options in small.items():
         out = tmp_path / name

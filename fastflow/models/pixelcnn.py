@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow._checks import check_int, check_temperature
-from fastflow.models.quantization import bits_per_dim
+from fastflow._checks import check_int, sample_arguments
+from fastflow.models.quantization import _host_check, bits_per_dim, to_levels
 from fastflow.nn.masked_conv import MaskedConv2d
 from fastflow.reference.numerics import accumulation_dtype
 
@@ -195,26 +195,15 @@ class PixelCNN(nn.Module):
         parameter = self._parameter()
         if x.device != parameter.device:
             raise ValueError(f"{name} is on {x.device} but the model is on {parameter.device}; move it with .to(...)")
-        top = self.levels - 1
-        if x.dtype == torch.bool:
-            if self.levels != 2:
-                raise TypeError(f"{name} is bool but the model has {self.levels} levels; give integer levels")
-            return x.to(parameter.dtype)
-        if x.is_floating_point():
-            scaled = x.to(torch.float64) * top
-            k = scaled.round()
-            bad = ~((scaled - k).abs() <= 1e-4) | (k < 0) | (k > top)
-            if not torch.compiler.is_compiling() and bool(bad.any()):
-                value = x[bad][0].item()
-                raise ValueError(f"{name} must hold floats in [0, 1] on the grid k/{top} ({self.levels} levels) or "
-                                 f"integer levels in [0, {top}]; found {value!r}")
-            return k.to(parameter.dtype)
-        if x.is_complex():
-            raise TypeError(f"{name} must be integer levels or floats in [0, 1], got {x.dtype}")
-        if not torch.compiler.is_compiling() and x.numel() and bool(((x < 0) | (x > top)).any()):
-            found = x[(x < 0) | (x > top)][0].item()
-            raise ValueError(f"{name} must hold levels in [0, {top}] ({self.levels} levels), found {found}")
-        return x.to(parameter.dtype)
+        k = to_levels(x, self.levels, name=name)  # the range check every image model shares
+        if x.is_floating_point() and x.numel() and _host_check(x):
+            # A discrete model has no meaning for values between the levels (0.5 of a binary pixel): refuse them
+            # rather than round them.
+            off = (x.to(k.dtype) * (self.levels - 1) - k).abs() > 1e-3
+            if bool(off.any()):
+                raise ValueError(f"{name}: float images must hold the levels k/{self.levels - 1} "
+                                 f"({self.levels} levels), got {x[off][0].item()!r}; pass the integer levels")
+        return k.to(parameter.dtype)
 
     def _cond(self, cond: object, batch: int) -> Tensor | None:
         if self.num_classes is None:
@@ -300,13 +289,14 @@ class PixelCNN(nn.Module):
         return k.to(raw.dtype)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, cond: Tensor | int | None = None, *,
+    def sample(self, n: int | tuple[int, ...], temperature: float = 1.0, cond: Tensor | int | None = None, *,
                size: int | tuple[int, int] | None = None, given: Tensor | None = None, known: Tensor | None = None,
                noise: Tensor | None = None, method: str = "cached") -> Tensor:
-        """``n`` images ``[n, C, H, W]`` as floats in ``[0, 1]`` (levels ``k/(levels−1)``), in the parameters' dtype.
+        """``n`` images ``[n, C, H, W]`` (``[*n, C, H, W]`` for a shape ``n``) as floats in ``[0, 1]`` (levels
+        ``k/(levels−1)``), in the parameters' dtype.
 
         Args:
-            n: the number of images.
+            n: the number of images, or a shape of them (``given``, ``cond`` and ``noise`` then hold ``prod(n)``).
             temperature: each conditional's logits are divided by it (0: the most likely level, greedily).
             cond: class indices ``[n]`` or one int (models with ``num_classes``).
             size: ``H`` or ``(H, W)`` (default: the model's ``image_size``, or ``given``'s).
@@ -316,8 +306,7 @@ class PixelCNN(nn.Module):
                 samplers give the same images from the same noise.
             method: ``"cached"`` (default) or ``"naive"`` (the whole network per pixel and colour).
         """
-        count = check_int("n", n, minimum=0)
-        temperature = check_temperature(temperature)
+        batch_shape, count, temperature = sample_arguments(n, temperature)
         if method not in SAMPLERS:
             raise ValueError(f"method must be one of {', '.join(map(repr, SAMPLERS))}, got {method!r}")
         parameter = self._parameter()
@@ -354,7 +343,7 @@ class PixelCNN(nn.Module):
         cond = self._cond(cond, count)
         run = self._sample_naive if method == "naive" else self._sample_cached
         k = run(shape, cond, noise.to(parameter.device), temperature, k_given, known)
-        return k / (self.levels - 1)
+        return (k / (self.levels - 1)).reshape(*batch_shape, *shape[1:])
 
     def _decide(self, k: Tensor, raw: Tensor, colour: int, i: int, j: int, noise: Tensor, temperature: float,
                 given: Tensor | None, known: Tensor | None) -> Tensor:
