@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 import triton
+import triton.language as tl
 
 #: True when Triton runs kernels through its interpreter (``TRITON_INTERPRET``, read once, at import: Triton
 #: itself reads it when it is first imported, so a later change would not take effect anyway).
@@ -51,6 +52,20 @@ def autotune_configs(space: Iterable[triton.Config], interpreted: dict[str, int]
         return [triton.Config(dict(interpreted), num_warps=1)]
     configs = list(space)
     return configs if AUTOTUNE else configs[:1]
+
+
+def tile_configs(names: tuple[str, str, str], rows: Iterable[tuple[int, int, int, int, int]],
+                 interpreted_block: int = 16) -> list[triton.Config]:
+    """:func:`autotune_configs` of a GEMM-like kernel's three block sizes ``names``: ``rows`` of ``(block, block,
+    block, num_warps, num_stages)``; under the interpreter every block ``interpreted_block`` (``tl.dot``'s 16)."""
+    space = (triton.Config(dict(zip(names, row[:3], strict=True)), num_warps=row[3], num_stages=row[4])
+             for row in rows)
+    return autotune_configs(space, interpreted=dict.fromkeys(names, interpreted_block))
+
+
+# The interpreter's tl.dot multiplies bfloat16 tensors as their raw 16-bit integers: there, 16-bit operands go to
+# float32 after their rounding (the same products: 16-bit products are exact in float32).
+UPCAST_DOT_OPERANDS = tl.constexpr(INTERPRETED)
 
 
 def cudnn_conv_allows_tf32() -> bool:

@@ -52,7 +52,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, autotune_configs, cudnn_conv_allows_tf32, sm_count
+from ._common import (
+    INTERPRETED,
+    UPCAST_DOT_OPERANDS,
+    autotune_configs,
+    cudnn_conv_allows_tf32,
+    sm_count,
+    tile_configs,
+)
 
 # tl.dot's smallest block along every dimension.
 _MIN_BLOCK = 16
@@ -77,41 +84,30 @@ _FUSED_PIXELS_PER_CHANNEL = 0 if INTERPRETED else 8
 # would only cost three decimal digits. (The fused backward moves 3C values for 4C² flops, C/3 flop/byte: at
 # C = 48, padded to 64, it sits near the IEEE ridge; a measurement on the GPU can move this threshold.)
 _TF32_MIN_CHANNELS = 64
-# The interpreter's tl.dot multiplies bfloat16 tensors as their raw 16-bit integers: there, 16-bit operands go to
-# float32 after their rounding (the same products: 16-bit products are exact in float32).
-_UPCAST_DOT_OPERANDS = tl.constexpr(INTERPRETED)
 
 
 def _mix_configs() -> list[triton.Config]:
     """Autotuning space of the channel mix: ``[BLOCK_O, BLOCK_P]`` output tile, ``BLOCK_C`` input-channel step."""
-    space = (
-        triton.Config({"BLOCK_O": block_o, "BLOCK_P": block_p, "BLOCK_C": block_c}, num_warps=warps, num_stages=stages)
-        for block_o, block_p, block_c, warps, stages in (
-            (16, 256, 16, 4, 3),
-            (32, 128, 32, 4, 3),
-            (32, 256, 32, 8, 3),
-            (64, 128, 32, 4, 3),
-            (64, 64, 32, 4, 4),
-            (128, 128, 32, 8, 3),
-        )
-    )
-    return autotune_configs(space, interpreted={"BLOCK_O": 16, "BLOCK_P": 16, "BLOCK_C": 16})
+    return tile_configs(("BLOCK_O", "BLOCK_P", "BLOCK_C"), (
+        (16, 256, 16, 4, 3),
+        (32, 128, 32, 4, 3),
+        (32, 256, 32, 8, 3),
+        (64, 128, 32, 4, 3),
+        (64, 64, 32, 4, 4),
+        (128, 128, 32, 8, 3),
+    ))
 
 
 def _grad_weight_configs() -> list[triton.Config]:
     """Autotuning space of ``∂L/∂W``: ``[BLOCK_O, BLOCK_C]`` output block, ``BLOCK_P`` pixel step."""
-    space = (
-        triton.Config({"BLOCK_O": block_o, "BLOCK_C": block_c, "BLOCK_P": block_p}, num_warps=warps, num_stages=stages)
-        for block_o, block_c, block_p, warps, stages in (
-            (16, 16, 128, 4, 3),
-            (32, 32, 64, 4, 3),
-            (32, 32, 128, 4, 3),
-            (64, 64, 32, 4, 3),
-            (64, 64, 64, 4, 3),
-            (128, 128, 32, 8, 3),
-        )
-    )
-    return autotune_configs(space, interpreted={"BLOCK_O": 16, "BLOCK_C": 16, "BLOCK_P": 16})
+    return tile_configs(("BLOCK_O", "BLOCK_C", "BLOCK_P"), (
+        (16, 16, 128, 4, 3),
+        (32, 32, 64, 4, 3),
+        (32, 32, 128, 4, 3),
+        (64, 64, 32, 4, 3),
+        (64, 64, 64, 4, 3),
+        (128, 128, 32, 8, 3),
+    ))
 
 
 def _fused_backward_configs() -> list[triton.Config]:
@@ -160,7 +156,7 @@ def _dot_operands(lead, other, DOT_16BIT: tl.constexpr):
     if not DOT_16BIT:
         lead = lead.to(tl.float32)
         other = other.to(tl.float32)
-    if _UPCAST_DOT_OPERANDS:
+    if UPCAST_DOT_OPERANDS:
         lead = lead.to(tl.float32)
         other = other.to(tl.float32)
     return lead, other

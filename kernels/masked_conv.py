@@ -48,7 +48,13 @@ import triton.language as tl
 from fastflow.ops.masked_conv import _memory_format
 from fastflow.reference.masked_conv import conv_mask, live_taps
 
-from ._common import INTERPRETED, autotune_configs, cudnn_conv_allows_tf32, sm_count
+from ._common import (
+    INTERPRETED,
+    UPCAST_DOT_OPERANDS,
+    cudnn_conv_allows_tf32,
+    sm_count,
+    tile_configs,
+)
 
 # tl.dot's smallest block along every dimension.
 _MIN_BLOCK = 16
@@ -61,45 +67,32 @@ _MAX_SPLIT = 3 if INTERPRETED else 1024
 # moves ~(C_in + C_out) values for 2·T·C_in·C_out flops: far past the IEEE ridge (~16 flop/byte on an H200) already
 # at 64 channels, while small layers keep IEEE's accuracy.
 _TF32_MIN_CHANNELS = 64
-# The interpreter's tl.dot multiplies bfloat16 tensors as their raw 16-bit integers: there, 16-bit operands go to
-# float32 after their rounding (the same products: 16-bit products are exact in float32).
-_UPCAST_DOT_OPERANDS = tl.constexpr(INTERPRETED)
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
 def _conv_configs() -> list[triton.Config]:
     """Autotuning space of the implicit GEMM: ``[BLOCK_M, BLOCK_N]`` output tile, ``BLOCK_K`` channel step."""
-    space = (
-        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=warps,
-                      num_stages=stages)
-        for block_m, block_n, block_k, warps, stages in (
-            (128, 64, 32, 4, 3),
-            (64, 64, 32, 4, 3),
-            (128, 128, 32, 8, 3),
-            (64, 128, 32, 4, 3),
-            (64, 32, 32, 4, 4),
-            (128, 32, 16, 4, 3),
-            (64, 16, 16, 4, 3),
-        )
-    )
-    return autotune_configs(space, interpreted={"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16})
+    return tile_configs(("BLOCK_M", "BLOCK_N", "BLOCK_K"), (
+        (128, 64, 32, 4, 3),
+        (64, 64, 32, 4, 3),
+        (128, 128, 32, 8, 3),
+        (64, 128, 32, 4, 3),
+        (64, 32, 32, 4, 4),
+        (128, 32, 16, 4, 3),
+        (64, 16, 16, 4, 3),
+    ))
 
 
 def _grad_weight_configs() -> list[triton.Config]:
     """Autotuning space of ``∂L/∂w``: ``[BLOCK_O, BLOCK_C]`` block of one tap, ``BLOCK_M`` pixel step."""
-    space = (
-        triton.Config({"BLOCK_O": block_o, "BLOCK_C": block_c, "BLOCK_M": block_m}, num_warps=warps,
-                      num_stages=stages)
-        for block_o, block_c, block_m, warps, stages in (
-            (64, 64, 32, 4, 3),
-            (32, 32, 64, 4, 3),
-            (64, 64, 64, 4, 3),
-            (128, 128, 32, 8, 3),
-            (32, 32, 128, 4, 3),
-            (16, 16, 128, 4, 3),
-        )
-    )
-    return autotune_configs(space, interpreted={"BLOCK_O": 16, "BLOCK_C": 16, "BLOCK_M": 16})
+    return tile_configs(("BLOCK_O", "BLOCK_C", "BLOCK_M"), (
+        (64, 64, 32, 4, 3),
+        (32, 32, 64, 4, 3),
+        (64, 64, 64, 4, 3),
+        (128, 128, 32, 8, 3),
+        (32, 32, 128, 4, 3),
+        (16, 16, 128, 4, 3),
+    ))
 
 
 def _channel_limit(n) -> int:
@@ -127,11 +120,11 @@ def _prune_grad_weight_configs(configs, named_args, **kwargs):
 @triton.jit
 def _dot_operands(lead, other, DOT_16BIT: tl.constexpr):
     """``(lead, other)`` as the operands of a dot: as they are when ``DOT_16BIT`` (one 16-bit dtype), else both in
-    float32. Always float32 under the interpreter (see ``_UPCAST_DOT_OPERANDS``)."""
+    float32. Always float32 under the interpreter (see ``UPCAST_DOT_OPERANDS``)."""
     if not DOT_16BIT:
         lead = lead.to(tl.float32)
         other = other.to(tl.float32)
-    if _UPCAST_DOT_OPERANDS:
+    if UPCAST_DOT_OPERANDS:
         lead = lead.to(tl.float32)
         other = other.to(tl.float32)
     return lead, other
