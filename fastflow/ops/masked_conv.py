@@ -103,22 +103,52 @@ def _crop(weight: Tensor, mask_type: str, data_channels: int) -> tuple[Tensor, T
     return weight[:, :, :rows, :cols] * mask, mask
 
 
-def _cpu_fwd(x, weight, bias, mask_type, data_channels):
+def _pads(weight: Tensor, cropped: Tensor) -> tuple[int, int, int, int]:
+    """``F.pad`` amounts (left, right, top, bottom) that make an unpadded convolution with ``cropped`` the masked
+    "same" convolution: the kernel's half-height on top (none below: no live row is under the centre), its
+    half-width on the left, and on the right what the crop's last column reaches (``-1`` drops the image's last
+    column, which a one-row mask A never sees)."""
     kh, kw = weight.shape[2:]
+    rows, cols = cropped.shape[2:]
+    return kw // 2, cols - 1 - kw // 2, kh // 2, rows - 1 - kh // 2
+
+
+def _pads_input(weight: Tensor) -> bool:
+    """Which of two equal decompositions runs: pad the input (a copy of ``x``) and convolve unpadded, or convolve
+    with the "same" padding and crop the output (a copy of ``y``, and the ``kh // 2`` rows below computed for
+    nothing). Measured on this CPU (oneDNN, 28×28, batch 32): padding the input is 5× faster for a first layer
+    (1 → 128 channels, whose output crop costs more than the whole convolution), 10–15 % slower for equal widths."""
+    return weight.shape[1] < weight.shape[0]
+
+
+def _cpu_fwd(x, weight, bias, mask_type, data_channels):
     cropped, _ = _crop(weight, mask_type, data_channels)
-    # "Same" padding with the cropped kernel makes the output kh // 2 rows too tall (and, for a one-row kernel,
-    # too wide) at the bottom/right: the top-left H × W is the masked convolution.
-    y = F.conv2d(x, cropped, bias, padding=(kh // 2, kw // 2))
-    height, width = x.shape[2:]
-    return y[:, :, :height, :width].contiguous(memory_format=_memory_format(x))
+    if _pads_input(weight):
+        y = F.conv2d(F.pad(x, _pads(weight, cropped)), cropped, bias)
+    else:
+        kh, kw = weight.shape[2:]
+        y = F.conv2d(x, cropped, bias, padding=(kh // 2, kw // 2))[:, :, : x.shape[2], : x.shape[3]]
+    return y.contiguous(memory_format=_memory_format(x))
 
 
 def _cpu_bwd(grad_y, x, weight, mask_type, data_channels):
-    kh, kw = weight.shape[2:]
     cropped, mask = _crop(weight, mask_type, data_channels)
     rows, cols = cropped.shape[2:]
-    out_size = (x.shape[2] + 2 * (kh // 2) - rows + 1, x.shape[3] + 2 * (kw // 2) - cols + 1)
-    grad_x, grad_cropped, grad_b = _conv_backward(grad_y, x, cropped, (kh // 2, kw // 2), mask, out_size)
+    height, width = x.shape[2:]
+    if _pads_input(weight):
+        left, right, top, _ = pads = _pads(weight, cropped)
+        grad_padded, grad_cropped, grad_b = torch.ops.aten.convolution_backward(
+            grad_y, F.pad(x, pads), cropped, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [True, True, True],
+        )
+        grad_x = grad_padded[:, :, top : top + height, left : left + width]
+        if right < 0:  # the column the pad dropped gets no gradient
+            grad_x = F.pad(grad_x, (0, -right))
+        grad_x, grad_cropped = grad_x.contiguous(memory_format=_memory_format(x)), grad_cropped * mask
+    else:
+        kh, kw = weight.shape[2:]
+        out_size = (height + 2 * (kh // 2) - rows + 1, width + 2 * (kw // 2) - cols + 1)
+        grad_x, grad_cropped, grad_b = _conv_backward(grad_y, x, cropped, (kh // 2, kw // 2), mask, out_size)
     grad_w = torch.zeros_like(weight, memory_format=torch.contiguous_format)
     grad_w[:, :, :rows, :cols] = grad_cropped
     return grad_x, grad_w, grad_b

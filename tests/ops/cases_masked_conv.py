@@ -62,7 +62,8 @@ register(OpEntry(
         _make_case((1, 6, 4, 5), 9, (3, 3), "B", data_channels=3, layout="strided"),
         _make_case((2, 6, 3, 4), 3, (1, 1), "B", data_channels=3, bias=False),
         _make_case((2, 4, 5, 6), 5, (3, 5), "V", layout="channels_last", opcheck=True),
-        _make_case((2, 4, 3, 7), 4, (1, 5), "A"),  # the horizontal stack's first layer
+        _make_case((2, 4, 3, 7), 6, (1, 5), "A"),  # the horizontal stack's first layer (the CPU pads the input)
+        _make_case((1, 5, 2, 6), 3, (1, 5), "A", bias=False),  # (the CPU crops the output)
         _make_case((1, 3, 4, 6), 5, (1, 3), "B", bias=False),
         _make_case((0, 3, 4, 4), 2, (3, 3), "A"),
         _make_case((1, 20, 3, 3), 19, (3, 3), "B", layout="strided"),  # channels past one interpreter tile
