@@ -20,15 +20,7 @@ from fastflow.models import PixelCNN
 from fastflow.models.registry import build_model
 from fastflow.nn import MaskedConv2d
 from fastflow.reference.masked_conv import conv_mask, live_taps
-
-
-def _random(model: nn.Module, std: float = 0.5, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, std)
-    return model
-
+from tests.test_autoregressive import _randomize as _random
 
 CONFIGS = {
     "binary": dict(in_channels=1, levels=2, hidden_channels=8, num_layers=2),
