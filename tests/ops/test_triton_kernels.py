@@ -262,7 +262,7 @@ class _Forbidden:
 @pytest.fixture
 def ieee_float32(monkeypatch):
     """float32 dots in IEEE (on a GPU, TF32 would be chosen from 64 channels on: not what these bounds measure)."""
-    monkeypatch.setattr(mix_kernels, "_cudnn_conv_allows_tf32", lambda: False)
+    monkeypatch.setattr(mix_kernels, "cudnn_conv_allows_tf32", lambda: False)
 
 
 def _make_x(shape, layout: str, gen: torch.Generator) -> torch.Tensor:
@@ -380,10 +380,10 @@ def test_actnorm_split_counts():
 def test_float32_dot_precision(monkeypatch):
     """TF32 only from ``_TF32_MIN_CHANNELS`` channels on, and only while cuDNN would use it for conv2d."""
     threshold = mix_kernels._TF32_MIN_CHANNELS
-    monkeypatch.setattr(mix_kernels, "_cudnn_conv_allows_tf32", lambda: True)
+    monkeypatch.setattr(mix_kernels, "cudnn_conv_allows_tf32", lambda: True)
     assert mix_kernels._float32_dot_precision(threshold - 1) == "ieee"
     assert mix_kernels._float32_dot_precision(threshold) == "tf32"
-    monkeypatch.setattr(mix_kernels, "_cudnn_conv_allows_tf32", lambda: False)
+    monkeypatch.setattr(mix_kernels, "cudnn_conv_allows_tf32", lambda: False)
     assert mix_kernels._float32_dot_precision(4 * threshold) == "ieee"
 
 
@@ -397,9 +397,9 @@ def test_cudnn_tf32_flag():
         saved = cudnn.allow_tf32
         try:
             cudnn.allow_tf32 = False
-            assert not mix_kernels._cudnn_conv_allows_tf32()
+            assert not mix_kernels.cudnn_conv_allows_tf32()
             cudnn.allow_tf32 = True
-            assert mix_kernels._cudnn_conv_allows_tf32()
+            assert mix_kernels.cudnn_conv_allows_tf32()
         finally:
             cudnn.allow_tf32 = saved
         return
@@ -407,16 +407,16 @@ def test_cudnn_tf32_flag():
     saved = (conv.fp32_precision, rnn.fp32_precision, cudnn.fp32_precision, torch.backends.fp32_precision)
     try:
         conv.fp32_precision = "ieee"
-        assert not mix_kernels._cudnn_conv_allows_tf32()
+        assert not mix_kernels.cudnn_conv_allows_tf32()
         conv.fp32_precision = "tf32"
-        assert mix_kernels._cudnn_conv_allows_tf32()
+        assert mix_kernels.cudnn_conv_allows_tf32()
         conv.fp32_precision = "none"
         cudnn.fp32_precision = "none"
         torch.backends.fp32_precision = "none"
-        assert not mix_kernels._cudnn_conv_allows_tf32()
+        assert not mix_kernels.cudnn_conv_allows_tf32()
         cudnn.fp32_precision = "tf32"
         conv.fp32_precision = "none"  # after the parent: setting a parent may reset its operators
-        assert mix_kernels._cudnn_conv_allows_tf32()
+        assert mix_kernels.cudnn_conv_allows_tf32()
     finally:
         torch.backends.fp32_precision, cudnn.fp32_precision = saved[3], saved[2]
         conv.fp32_precision, rnn.fp32_precision = saved[0], saved[1]
