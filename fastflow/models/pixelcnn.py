@@ -44,9 +44,15 @@ __all__ = ["PixelCNN"]
 SAMPLERS = ("cached", "naive")
 
 
-def _pointwise(conv: MaskedConv2d, x: Tensor) -> Tensor:
-    """A 1×1 masked convolution at one position: ``x [B, C_in]`` → ``[B, C_out]``."""
-    return F.linear(x, conv.masked_weight[:, :, 0, 0], conv.bias)
+def _as_linear(conv: MaskedConv2d) -> tuple[Tensor, Tensor | None]:
+    """A 1×1 masked convolution as ``F.linear``'s ``(weight [C_out, C_in], bias)`` at one position, masked once per
+    sampling (not once per pixel)."""
+    return conv.masked_weight[:, :, 0, 0], conv.bias
+
+
+def _head(head: list[tuple[Tensor, Tensor | None]], s: Tensor) -> Tensor:
+    """The output head at one position, ``s [n, C]`` → ``[n, C·(levels or 1)]``."""
+    return F.linear(F.relu(F.linear(F.relu(s), *head[0])), *head[1])
 
 
 def _gate(pre: Tensor, groups: int) -> Tensor:
@@ -379,8 +385,6 @@ class PixelCNN(nn.Module):
             sampler.finish_row(i)
         return k
 
-    def _head_at(self, s: Tensor) -> Tensor:
-        return _pointwise(self.head[1], F.relu(_pointwise(self.head[0], F.relu(s))))
 
 
 class _ResidualCache:
@@ -395,6 +399,8 @@ class _ResidualCache:
         self.input_weight = model.input.live_weight()
         self.buffers = [block.conv.padded_buffer(n, height, width, like=like) for block in model.blocks]
         self.weights = [block.conv.live_weight() for block in model.blocks]
+        self.pointwise = [(_as_linear(block.reduce), _as_linear(block.expand)) for block in model.blocks]
+        self.head = [_as_linear(conv) for conv in model.head]
 
     def set_input(self, i: int, j: int, colour: int, value: Tensor) -> None:
         ph, pw = self.model.input.padding
@@ -403,11 +409,12 @@ class _ResidualCache:
     def column(self, i: int, j: int) -> Tensor:
         model = self.model
         s = model.input.at(self.input_buffer, i, j, self.input_weight)
-        for block, buffer, weight in zip(model.blocks, self.buffers, self.weights, strict=True):
+        for block, buffer, weight, (reduce, expand) in zip(model.blocks, self.buffers, self.weights, self.pointwise,
+                                                            strict=True):
             ph, pw = block.conv.padding
-            buffer[:, :, i + ph, j + pw] = F.relu(_pointwise(block.reduce, F.relu(s)))
-            s = s + _pointwise(block.expand, F.relu(block.conv.at(buffer, i, j, weight)))
-        return model._head_at(s)
+            buffer[:, :, i + ph, j + pw] = F.relu(F.linear(F.relu(s), *reduce))
+            s = s + F.linear(F.relu(block.conv.at(buffer, i, j, weight)), *expand)
+        return _head(self.head, s)
 
     def finish_row(self, i: int) -> None:
         pass
@@ -427,6 +434,8 @@ class _GatedCache:
         self.v_buffers = [layer.vertical.padded_buffer(n, height, width, like=like) for layer in layers]
         self.h_weights = [layer.horizontal.live_weight() for layer in layers]
         self.v_weights = [layer.vertical.live_weight() for layer in layers]
+        self.out = [_as_linear(layer.out) for layer in layers]
+        self.head = [_as_linear(conv) for conv in model.head]
         biases = [layer.class_bias(cond) for layer in layers]
         self.bias_v = [b[0] for b in biases]
         self.bias_h = [b[1] for b in biases]
@@ -448,19 +457,18 @@ class _GatedCache:
         self.v_buffers[0][:, colour, i + ph, j + pw] = value
 
     def column(self, i: int, j: int) -> Tensor:
-        model = self.model
-        layers = model.layers
+        layers = self.model.layers
         h = None
         for index, layer in enumerate(layers):
             conv = layer.horizontal
             pre = conv.at(self.h_buffers[index], i, j, self.h_weights[index]) + self.link_above[index][:, :, j]
             pre = pre + self.bias_h[index]
-            h_new = _pointwise(layer.out, _gate(pre, layer.data_channels))
+            h_new = F.linear(_gate(pre, layer.data_channels), *self.out[index])
             h = h_new if layer.first else h + h_new
             if index + 1 < len(layers):
                 ph, pw = layers[index + 1].horizontal.padding
                 self.h_buffers[index + 1][:, :, i + ph, j + pw] = h
-        return model._head_at(h)
+        return _head(self.head, h)
 
     def finish_row(self, i: int) -> None:
         layers = self.model.layers

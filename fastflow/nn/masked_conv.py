@@ -70,9 +70,10 @@ class MaskedConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel, 1, _pair(padding), 1, 1, bias, "zeros", device, dtype)
         self.mask_type = mask_type
         self.data_channels = data_channels
-        self.register_buffer("mask", conv_mask(out_channels, in_channels, kernel, mask_type, data_channels,
-                                               dtype=self.weight.dtype, device=self.weight.device),
-                             persistent=False)
+        # A copy: conv_mask may hand out its cached tensor, which an in-place change of the buffer would corrupt.
+        mask = conv_mask(out_channels, in_channels, kernel, mask_type, data_channels, dtype=self.weight.dtype,
+                         device=self.weight.device)
+        self.register_buffer("mask", mask.clone(), persistent=False)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mask_type={self.mask_type!r}, data_channels={self.data_channels}"

@@ -64,7 +64,8 @@ def _reference_fwd(x, weight, bias, mask_type, data_channels):
 
 def _conv_backward(grad_y, x, weight, padding, mask, out_size):
     """``convolution_backward`` of ``conv2d(x, weight, padding=padding)`` whose output was cropped to ``out_size``
-    (the bottom/right rows of the full output got no gradient), the weight gradient times ``mask``."""
+    (the bottom/right rows of the full output got no gradient): ``(grad_x, grad_weight ⊙ mask, grad_bias)``, the
+    weight gradient contiguous, ``grad_x`` as the convolution gives it."""
     full = grad_y
     height, width = out_size
     extra_h, extra_w = height - grad_y.shape[2], width - grad_y.shape[3]
@@ -73,13 +74,14 @@ def _conv_backward(grad_y, x, weight, padding, mask, out_size):
     grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
         full, x, weight, [weight.shape[0]], [1, 1], list(padding), [1, 1], False, [0, 0], 1, [True, True, True]
     )
-    return grad_x.contiguous(memory_format=_memory_format(x)), (grad_w * mask).contiguous(), grad_b
+    return grad_x, (grad_w * mask).contiguous(), grad_b
 
 
 def _reference_bwd(grad_y, x, weight, mask_type, data_channels):
     mask = _mask(weight, mask_type, data_channels)
     kh, kw = weight.shape[2:]
-    return _conv_backward(grad_y, x, weight * mask, (kh // 2, kw // 2), mask, x.shape[2:])
+    grad_x, grad_w, grad_b = _conv_backward(grad_y, x, weight * mask, (kh // 2, kw // 2), mask, x.shape[2:])
+    return grad_x.contiguous(memory_format=_memory_format(x)), grad_w, grad_b
 
 
 def _fake_fwd(x, weight, bias, mask_type, data_channels):
@@ -140,21 +142,17 @@ def _cpu_bwd(grad_y, x, weight, mask_type, data_channels):
     height, width = x.shape[2:]
     if _pads_input(weight):
         left, right, top, _ = pads = _pads(weight, cropped)
-        grad_padded, grad_cropped, grad_b = torch.ops.aten.convolution_backward(
-            grad_y, F.pad(x, pads), cropped, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [True, True, True],
-        )
-        grad_x = grad_padded[:, :, top : top + height, left : left + width]
+        grad_x, grad_cropped, grad_b = _conv_backward(grad_y, F.pad(x, pads), cropped, (0, 0), mask, (height, width))
+        grad_x = grad_x[:, :, top : top + height, left : left + width]
         if right < 0:  # the column the pad dropped gets no gradient
             grad_x = F.pad(grad_x, (0, -right))
-        grad_x, grad_cropped = grad_x.contiguous(memory_format=_memory_format(x)), grad_cropped * mask
     else:
         kh, kw = weight.shape[2:]
         out_size = (height + 2 * (kh // 2) - rows + 1, width + 2 * (kw // 2) - cols + 1)
         grad_x, grad_cropped, grad_b = _conv_backward(grad_y, x, cropped, (kh // 2, kw // 2), mask, out_size)
     grad_w = torch.zeros_like(weight, memory_format=torch.contiguous_format)
     grad_w[:, :, :rows, :cols] = grad_cropped
-    return grad_x, grad_w, grad_b
+    return grad_x.contiguous(memory_format=_memory_format(x)), grad_w, grad_b
 
 
 # --------------------------------------------------------------------------------------------------
