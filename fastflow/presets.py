@@ -103,6 +103,16 @@ PRESETS: dict[str, dict] = {
         "train": {"lr": 1e-3, "batch_size": 64, "epochs": 100.0, "eval_every": 5000},
         "data": {"name": "Fashion-MNIST", "shape": (1, 28, 28), "spec": "fashion-mnist"},
     },
+    "gated-pixelcnn-mnist": {
+        # An hour on a 2-core Xeon with AMX (87.43 test nats, the README's table): Gated PixelCNN, 7 gated layers
+        # of 32 channels per stack, bf16 autocast (AMX makes the convolutions 2.5x faster than float32 here),
+        # the cosine schedule reaching 0 near the 56-minute budget, one evaluation at the end.
+        "model": "pixelcnn",
+        "options": {"hidden": 32, "layers": 6, "gated": True},
+        "train": {"lr": 1.5e-3, "batch_size": 64, "lr_decay": "cosine", "steps": 5600, "precision": "bf16",
+                  "eval_every": 100000, "checkpoint_every": 1000, "max_minutes": 56.0},
+        "data": {"name": "binarized MNIST", "shape": (1, 28, 28), "spec": "binarized-mnist"},
+    },
     "made-mnist": {
         # Germain et al. (2015), 1 hidden layer of 500, 1 mask (88.40 nats there); natural order with direct
         # connections measured best here.

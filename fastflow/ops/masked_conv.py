@@ -215,6 +215,20 @@ def check_masked_conv(in_channels: int, out_channels: int, kernel_size: tuple[in
                          "centre, which mask A hides); use mask B or a larger kernel")
 
 
+def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Under autocast the op runs in the autocast dtype, as ``conv2d`` does (a custom op is not on autocast's
+    lists, so without this float32 weights would meet a bf16 activation and be refused)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t: Tensor | None) -> Tensor | None:
+        return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+
+    return cast(x), cast(weight), cast(bias)
+
+
 def masked_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, mask_type: str = "B",
                 data_channels: int = 1) -> Tensor:
     """PixelCNN's masked convolution ``conv2d(x, weight ⊙ mask, bias, padding=(kh // 2, kw // 2))``.
@@ -238,6 +252,7 @@ def masked_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, mask_t
     """
     check_floating("x", x)
     check_floating("weight", weight)
+    x, weight, bias = _autocast(x, weight, bias)
     if x.dim() != 4:
         raise ValueError(f"x must be [B, C_in, H, W], got shape {tuple(x.shape)}")
     if weight.dim() != 4:
