@@ -12,6 +12,7 @@
 
 #include "actnorm_invconv.h"
 #include "coupling.h"
+#include "lstm.h"
 #include "nade.h"
 
 namespace fastflow {
@@ -48,6 +49,15 @@ TORCH_LIBRARY(fastflow_C, m) {
       "nade_bwd(Tensor grad_logits, Tensor grad_log_prob, Tensor x, Tensor W, Tensor c, Tensor V, Tensor b, "
       "Tensor logits) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("nade_sample(Tensor W, Tensor c, Tensor V, Tensor b, Tensor u) -> Tensor");
+  m.def("lstm_cell_fwd(Tensor gates, Tensor c) -> (Tensor, Tensor)");
+  m.def("lstm_cell_bwd(Tensor grad_m, Tensor grad_c_new, Tensor gates, Tensor c, Tensor c_new) -> (Tensor, Tensor)");
+  m.def(
+      "lstm_fwd(Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
+      "int[] batch_sizes, int mode, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "lstm_bwd(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, "
+      "Tensor w_hh, Tensor? w_hr, Tensor y, Tensor gates, Tensor c_all, int[] batch_sizes, int mode, bool reverse, "
+      "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Leading underscore: internal, for tests; fastflow/ops/ does not wrap it.
   m.def("_fastmath(Tensor x, str function) -> Tensor");
 }
@@ -60,6 +70,10 @@ TORCH_LIBRARY_IMPL(fastflow_C, CPU, m) {
   m.impl("nade_fwd", &fastflow::nade_fwd_cpu);
   m.impl("nade_bwd", &fastflow::nade_bwd_cpu);
   m.impl("nade_sample", &fastflow::nade_sample_cpu);
+  m.impl("lstm_cell_fwd", &fastflow::lstm_cell_fwd_cpu);
+  m.impl("lstm_cell_bwd", &fastflow::lstm_cell_bwd_cpu);
+  m.impl("lstm_fwd", &fastflow::lstm_fwd_cpu);
+  m.impl("lstm_bwd", &fastflow::lstm_bwd_cpu);
   m.impl("_fastmath", &fastflow::fastmath_cpu);
 }
 
@@ -67,5 +81,9 @@ TORCH_LIBRARY_IMPL(fastflow_C, CPU, m) {
 TORCH_LIBRARY_IMPL(fastflow_C, CUDA, m) {
   m.impl("coupling_fwd", &fastflow::coupling_fwd_cuda);
   m.impl("coupling_bwd", &fastflow::coupling_bwd_cuda);
+  m.impl("lstm_cell_fwd", &fastflow::lstm_cell_fwd_cuda);
+  m.impl("lstm_cell_bwd", &fastflow::lstm_cell_bwd_cuda);
+  m.impl("lstm_fwd", &fastflow::lstm_fwd_cuda);
+  m.impl("lstm_bwd", &fastflow::lstm_bwd_cuda);
 }
 #endif

@@ -13,6 +13,7 @@ from fastflow.nn.masked import MaskedAutoregressiveFlow, MaskedLinear, MaskedMLP
 from fastflow.nn.masked_conv import MaskedConv2d
 from fastflow.nn.memory import InvertibleSequential
 from fastflow.nn.resnet import ResNetConditioner
+from fastflow.nn.rnn import LSTM, RNN, LSTMCell
 from fastflow.nn.split import Split
 from fastflow.nn.squeeze import Squeeze
 from fastflow.nn.zeroconv import ZeroConv2d
@@ -26,11 +27,14 @@ __all__ = [
     "GlowConditioner",
     "InvConv1x1",
     "InvertibleSequential",
+    "LSTM",
+    "LSTMCell",
     "MLPConditioner",
     "MaskedAutoregressiveFlow",
     "MaskedConv2d",
     "MaskedLinear",
     "MaskedMLP",
+    "RNN",
     "ResNetConditioner",
     "Split",
     "Squeeze",

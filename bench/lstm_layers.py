@@ -1,0 +1,154 @@
+"""``fastflow.nn.LSTM`` against ``torch.nn.LSTM`` and a Python loop of ``nn.LSTMCell``, side by side in one run.
+
+``python -m bench.lstm_layers [--steps 100] [--batch 32] [--input 256] [--hidden 256,512] [--layers 1]
+[--rounds 15] [--device cpu] [--out bench/results]``: for each hidden size, the same weights (one
+``state_dict``) in
+
+- ``torch``: ``torch.nn.LSTM`` (on a CPU: oneDNN's LSTM where it applies, else ATen's loop);
+- ``fastflow``: ``fastflow.nn.LSTM`` (the lstm op: the input projection as one GEMM, the recurrence in one native
+  loop with the fused cell, the weight gradients as one GEMM each);
+- ``cell-loop``: what a user writes without a sequence layer, a Python loop over time steps of ``nn.LSTMCell``
+  (one layer: the comparison is made at ``--layers 1``; with more layers the loop runs each layer in turn);
+
+two modes: ``inference`` (``torch.no_grad()``, the output sequence and final state) and ``training`` (forward and
+backward: the gradients of the input and of every parameter for a fixed random cotangent of the output). A round
+times every provider once, in turn, on the next of several input sets (so that nothing is timed hot in cache
+across calls); the median of the rounds is reported, after two warm-up rounds. The input and the parameters are
+float32. Written as ``<device>-<date>-lstm-layers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.harness import device_description
+
+RESULTS = Path(__file__).parent / "results"
+INPUT_SETS = 4
+PROVIDERS = ("torch", "fastflow", "cell-loop")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CellLoop(nn.Module):
+    """A stack of ``nn.LSTMCell`` run by a Python loop over time steps: ``[T, B, I] -> [T, B, H]``."""
+
+    def __init__(self, lstm: nn.LSTM):
+        super().__init__()
+        self.cells = nn.ModuleList()
+        for layer in range(lstm.num_layers):
+            cell = nn.LSTMCell(lstm.input_size if layer == 0 else lstm.hidden_size, lstm.hidden_size)
+            with torch.no_grad():
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(cell, name).copy_(getattr(lstm, f"{name}_l{layer}"))
+            self.cells.append(cell)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for cell in self.cells:
+            state, outputs = None, []
+            for t in range(x.shape[0]):
+                state = cell(x[t], state)
+                outputs.append(state[0])
+            x = torch.stack(outputs)
+        return x
+
+
+def _modules(steps: int, batch: int, inputs: int, hidden: int, layers: int, device: torch.device):
+    from fastflow.nn import LSTM
+
+    torch.manual_seed(0)
+    theirs = nn.LSTM(inputs, hidden, num_layers=layers).to(device)
+    ours = LSTM(inputs, hidden, num_layers=layers).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    loop = CellLoop(theirs).to(device)
+    return {"torch": lambda x: theirs(x)[0], "fastflow": lambda x: ours(x)[0], "cell-loop": loop}, \
+        {"torch": theirs, "fastflow": ours, "cell-loop": loop}
+
+
+def measure(*, steps: int, batch: int, inputs: int, hidden: int, layers: int, rounds: int, device: str) -> dict:
+    """Median seconds per call of each provider in each mode, and the largest output difference to torch's."""
+    dev = torch.device(device)
+    fns, modules = _modules(steps, batch, inputs, hidden, layers, dev)
+    generator = torch.Generator(dev).manual_seed(1)
+    xs = [torch.randn(steps, batch, inputs, device=dev, generator=generator) for _ in range(INPUT_SETS)]
+    cotangent = torch.randn(steps, batch, hidden, device=dev, generator=generator)
+
+    def inference(name: str, x: torch.Tensor):
+        with torch.no_grad():
+            return fns[name](x)
+
+    def training(name: str, x: torch.Tensor):
+        x = x.detach().requires_grad_(True)
+        leaves = [x, *modules[name].parameters()]
+        return torch.autograd.grad(fns[name](x), leaves, cotangent)
+
+    result = {}
+    for mode, call in (("inference", inference), ("training", training)):
+        times = {name: [] for name in PROVIDERS}
+        for index in range(rounds + 2):
+            x = xs[index % INPUT_SETS]
+            for name in PROVIDERS:
+                _synchronize(dev)
+                start = time.perf_counter()
+                call(name, x)
+                _synchronize(dev)
+                if index >= 2:
+                    times[name].append(time.perf_counter() - start)
+        result[mode] = {name: statistics.median(values) for name, values in times.items()}
+    with torch.no_grad():
+        reference = fns["torch"](xs[0])
+        result["max_abs_difference"] = {name: (fns[name](xs[0]) - reference).abs().max().item()
+                                        for name in PROVIDERS[1:]}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.lstm_layers", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--input", type=int, default=256)
+    parser.add_argument("--hidden", default="256,512", help="comma-separated hidden sizes (default 256,512)")
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    slug, name = device_description(torch.device(args.device))
+    report = {"device": name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+              "threads": torch.get_num_threads(), "steps": args.steps, "batch": args.batch, "input": args.input,
+              "layers": args.layers, "rounds": args.rounds, "dtype": "float32", "results": {}}
+    print(f"LSTM, T = {args.steps}, B = {args.batch}, I = {args.input}, {args.layers} layer(s), float32, {name}, "
+          f"{report['threads']} thread(s); median of {args.rounds} rounds, ms per call")
+    print("| H | mode | torch.nn.LSTM | fastflow.nn.LSTM | LSTMCell loop | fastflow vs torch | fastflow vs loop |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for hidden in (int(h) for h in args.hidden.split(",")):
+        result = measure(steps=args.steps, batch=args.batch, inputs=args.input, hidden=hidden, layers=args.layers,
+                         rounds=args.rounds, device=args.device)
+        report["results"][str(hidden)] = result
+        for mode in ("inference", "training"):
+            t = result[mode]
+            print(f"| {hidden} | {mode} | {1e3 * t['torch']:.1f} | {1e3 * t['fastflow']:.1f} | "
+                  f"{1e3 * t['cell-loop']:.1f} | {t['torch'] / t['fastflow']:.2f}× | "
+                  f"{t['cell-loop'] / t['fastflow']:.2f}× |")
+        print(f"|  | max difference to torch | | {result['max_abs_difference']['fastflow']:.1e} | "
+              f"{result['max_abs_difference']['cell-loop']:.1e} | | |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{slug}-{report['date']}-lstm-layers.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+// The host side of the LSTM / RNN sequence op, shared by the CPU and CUDA kernels: argument checks, the packed
+// layout, the loop over time steps with its GEMMs (ATen's: MKL / oneDNN on CPUs, cuBLAS on GPUs), and the
+// backward's reverse walk and weight-gradient GEMMs. What differs per device is the pointwise work of a step,
+// a Policy with
+//
+//   check(t, name, like)                       the device and dtypes it runs;
+//   cell_forward(gates, c, c_out, m, m2)       LSTM: c (in c_{t−1}, out c_t), c_out = c_t, m = o·tanh(c_t), m2 a
+//                                              second copy of m or undefined;
+//   cell_backward(dm, gates, c_head, c_tail, c_new, dc, dg, m_out)
+//                                              ∂L/∂gates from ∂L/∂m and dc (in ∂L/∂c_t, out ∂L/∂c_{t−1}); the
+//                                              previous cell state of row r is c_head[r] for r < rows(c_head), else
+//                                              c_tail[r − rows(c_head)]; m_out (or undefined) gets m_t;
+//   rnn_forward(mode, pre, h, y)               h = y = act(pre);
+//   rnn_backward(mode, dh, y, dpre)            dpre = dh·act'(pre), from the output y;
+//
+// each on contiguous row ranges [n, ·] of one step (the math: fastflow/reference/lstm.py; the contract:
+// fastflow/ops/lstm.py). Packed sequences: step t's n_t rows lie at offset Σ_{s<t} n_s; the state buffers
+// h [B, H_r], c [B, H] are updated in their first n_t rows, which serves both directions.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace fastflow::lstm_loop {
+
+constexpr int64_t kLSTM = 0, kTanh = 1, kReLU = 2;
+
+inline void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected) {
+  TORCH_CHECK_VALUE(t.sizes() == expected, "fastflow lstm: ", name, " must have shape ", expected, ", got ",
+                    t.sizes());
+}
+
+struct Layout {
+  int64_t N, B, T, I, H, Hr, G;
+  bool lstm, proj;
+  std::vector<int64_t> offset, rows;  // per step, in time order
+  std::vector<int64_t> order;         // processing order: step k is time index order[k]
+};
+
+inline Layout layout(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                     const std::optional<at::Tensor>& w_hr, at::IntArrayRef batch_sizes, int64_t mode,
+                     bool reverse) {
+  TORCH_CHECK_VALUE(mode == kLSTM || mode == kTanh || mode == kReLU,
+                    "fastflow lstm: mode must be 0 (LSTM), 1 (RNN tanh) or 2 (RNN ReLU), got ", mode);
+  TORCH_CHECK_VALUE(x.dim() == 2 && h0.dim() == 2 && w_ih.dim() == 2 && w_hh.dim() == 2,
+                    "fastflow lstm: x, h0, w_ih and w_hh must be 2-D");
+  Layout L;
+  L.lstm = mode == kLSTM;
+  L.G = L.lstm ? 4 : 1;
+  L.N = x.size(0);
+  L.I = x.size(1);
+  L.B = h0.size(0);
+  L.Hr = h0.size(1);
+  TORCH_CHECK_VALUE(w_hh.size(0) % L.G == 0, "fastflow lstm: w_hh must have G·H rows, got ", w_hh.size(0));
+  L.H = w_hh.size(0) / L.G;
+  L.proj = w_hr.has_value() && w_hr->defined();
+  TORCH_CHECK_VALUE(L.proj || L.Hr == L.H, "fastflow lstm: h0 must have H = ", L.H, " columns, got ", L.Hr);
+  TORCH_CHECK_VALUE(!L.proj || L.lstm, "fastflow lstm: a projection (w_hr) needs mode 0 (LSTM)");
+  check_shape(w_ih, "w_ih", {L.G * L.H, L.I});
+  check_shape(w_hh, "w_hh", {L.G * L.H, L.Hr});
+  if (L.proj) check_shape(*w_hr, "w_hr", {L.Hr, L.H});
+  L.T = static_cast<int64_t>(batch_sizes.size());
+  int64_t total = 0, previous = L.B;
+  for (int64_t t = 0; t < L.T; ++t) {
+    const int64_t n = batch_sizes[t];
+    TORCH_CHECK_VALUE(n >= 0 && n <= previous, "fastflow lstm: batch_sizes must be non-negative and "
+                      "non-increasing, at most B = ", L.B, "; got ", batch_sizes);
+    L.offset.push_back(total);
+    L.rows.push_back(n);
+    total += n;
+    previous = n;
+  }
+  TORCH_CHECK_VALUE(total == L.N, "fastflow lstm: batch_sizes sum to ", total, " but x has ", L.N, " rows");
+  for (int64_t k = 0; k < L.T; ++k) L.order.push_back(reverse ? L.T - 1 - k : k);
+  return L;
+}
+
+// Empty tensors with storages of their own: a custom op's outputs may not alias one another, and 0-element
+// tensors made by at::empty({0}) share one storage as the custom op's alias check sees it.
+inline at::Tensor absent(const at::TensorOptions& options) { return at::empty({1}, options).narrow(0, 0, 0); }
+
+template <class Policy>
+std::tuple<at::Tensor, at::Tensor> cell_forward(const at::Tensor& gates_in, const at::Tensor& c_in) {
+  Policy::check(gates_in, "gates", gates_in);
+  Policy::check(c_in, "c", gates_in);
+  TORCH_CHECK_VALUE(c_in.dim() == 2, "fastflow lstm_cell: c must be [B, H], got ", c_in.sizes());
+  const int64_t B = c_in.size(0), H = c_in.size(1);
+  check_shape(gates_in, "gates", {B, 4 * H});
+  const auto gates = gates_in.contiguous();
+  auto c = c_in.contiguous().clone();
+  auto c_new = at::empty({B, H}, c.options());
+  auto m = at::empty({B, H}, c.options());
+  Policy::cell_forward(gates, c, c_new, m, at::Tensor());
+  return {m, c_new};
+}
+
+template <class Policy>
+std::tuple<at::Tensor, at::Tensor> cell_backward(const at::Tensor& grad_m, const at::Tensor& grad_c_new,
+                                                 const at::Tensor& gates_in, const at::Tensor& c_in,
+                                                 const at::Tensor& c_new_in) {
+  Policy::check(gates_in, "gates", gates_in);
+  Policy::check(grad_m, "grad_m", gates_in);
+  Policy::check(grad_c_new, "grad_c_new", gates_in);
+  Policy::check(c_in, "c", gates_in);
+  Policy::check(c_new_in, "c_new", gates_in);
+  TORCH_CHECK_VALUE(c_in.dim() == 2, "fastflow lstm_cell: c must be [B, H], got ", c_in.sizes());
+  const int64_t B = c_in.size(0), H = c_in.size(1);
+  check_shape(gates_in, "gates", {B, 4 * H});
+  check_shape(grad_m, "grad_m", {B, H});
+  check_shape(grad_c_new, "grad_c_new", {B, H});
+  check_shape(c_new_in, "c_new", {B, H});
+  auto dc = grad_c_new.contiguous().clone();
+  auto dg = at::empty({B, 4 * H}, gates_in.options());
+  const auto c = c_in.contiguous();
+  Policy::cell_backward(grad_m.contiguous(), gates_in.contiguous(), c, c.narrow(0, 0, 0), c_new_in.contiguous(), dc,
+                        dg, at::Tensor());
+  return {dg, dc};
+}
+
+template <class Policy>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
+    const at::Tensor& x_in, const at::Tensor& h0, const std::optional<at::Tensor>& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr, at::IntArrayRef batch_sizes, int64_t mode, bool reverse) {
+  Policy::check(x_in, "x", x_in);
+  Policy::check(h0, "h0", x_in);
+  Policy::check(w_ih, "w_ih", x_in);
+  Policy::check(w_hh, "w_hh", x_in);
+  const Layout L = layout(x_in, h0, w_ih, w_hh, w_hr, batch_sizes, mode, reverse);
+  if (L.proj) Policy::check(*w_hr, "w_hr", x_in);
+  const auto x = x_in.contiguous();
+  const auto options = x.options();
+  at::Tensor gates;
+  if (b_ih.has_value() && b_ih->defined()) {
+    TORCH_CHECK_VALUE(b_hh.has_value() && b_hh->defined(), "fastflow lstm: b_ih and b_hh come together");
+    Policy::check(*b_ih, "b_ih", x);
+    Policy::check(*b_hh, "b_hh", x);
+    check_shape(*b_ih, "b_ih", {L.G * L.H});
+    check_shape(*b_hh, "b_hh", {L.G * L.H});
+    // Both biases once, in the input projection of every step (one GEMM).
+    gates = at::addmm(at::add(*b_ih, *b_hh), x, w_ih.t());
+  } else {
+    gates = at::mm(x, w_ih.t());
+  }
+  auto y = at::empty({L.N, L.Hr}, options);
+  auto h = h0.contiguous().clone();
+  at::Tensor c, c_all, m;
+  if (L.lstm) {
+    TORCH_CHECK_VALUE(c0.has_value() && c0->defined(), "fastflow lstm: mode 0 (LSTM) needs c0");
+    Policy::check(*c0, "c0", x);
+    check_shape(*c0, "c0", {L.B, L.H});
+    c = c0->contiguous().clone();
+    c_all = at::empty({L.N, L.H}, options);
+    if (L.proj) m = at::empty({L.B, L.H}, options);
+  } else {
+    c = absent(options);
+    c_all = absent(options);
+  }
+  const auto w_hh_t = w_hh.t();
+  for (int64_t k = 0; k < L.T; ++k) {
+    const int64_t t = L.order[k], n = L.rows[t], start = L.offset[t];
+    if (n == 0) continue;
+    auto step_gates = gates.narrow(0, start, n);
+    auto h_rows = h.narrow(0, 0, n);
+    auto y_rows = y.narrow(0, start, n);
+    step_gates.addmm_(h_rows, w_hh_t);
+    if (L.lstm) {
+      auto c_rows = c.narrow(0, 0, n);
+      auto c_out = c_all.narrow(0, start, n);
+      if (L.proj) {
+        auto m_rows = m.narrow(0, 0, n);
+        Policy::cell_forward(step_gates, c_rows, c_out, m_rows, at::Tensor());
+        at::mm_out(y_rows, m_rows, w_hr->t());
+        h_rows.copy_(y_rows);
+      } else {
+        Policy::cell_forward(step_gates, c_rows, c_out, y_rows, h_rows);
+      }
+    } else {
+      Policy::rnn_forward(mode, step_gates, h_rows, y_rows);
+    }
+  }
+  return {y, h, c, gates, c_all};
+}
+
+template <class Policy>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_y_in, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& x_in,
+    const at::Tensor& h0_in, const std::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& w_hr, const at::Tensor& y_in, const at::Tensor& gates_in,
+    const at::Tensor& c_all_in, at::IntArrayRef batch_sizes, int64_t mode, bool reverse, bool has_bias) {
+  Policy::check(x_in, "x", x_in);
+  for (const auto& [t, name] : {std::pair{&grad_y_in, "grad_y"}, {&grad_h_n, "grad_h_n"}, {&h0_in, "h0"},
+                                {&w_ih, "w_ih"}, {&w_hh, "w_hh"}, {&y_in, "y"}, {&gates_in, "gates"}}) {
+    Policy::check(*t, name, x_in);
+  }
+  const Layout L = layout(x_in, h0_in, w_ih, w_hh, w_hr, batch_sizes, mode, reverse);
+  const int64_t GH = L.G * L.H, H = L.H, Hr = L.Hr;
+  check_shape(grad_y_in, "grad_y", {L.N, Hr});
+  check_shape(y_in, "y", {L.N, Hr});
+  check_shape(grad_h_n, "grad_h_n", {L.B, Hr});
+  check_shape(gates_in, "gates", {L.N, GH});
+  const auto x = x_in.contiguous(), h0 = h0_in.contiguous(), y = y_in.contiguous();
+  const auto grad_y = grad_y_in.contiguous(), gates = gates_in.contiguous();
+  const auto options = x.options();
+  at::Tensor c_all, c0c, dc;
+  if (L.lstm) {
+    TORCH_CHECK_VALUE(c0.has_value() && c0->defined(), "fastflow lstm: mode 0 (LSTM) needs c0");
+    Policy::check(*c0, "c0", x);
+    Policy::check(grad_c_n, "grad_c_n", x);
+    Policy::check(c_all_in, "c_all", x);
+    check_shape(*c0, "c0", {L.B, H});
+    check_shape(grad_c_n, "grad_c_n", {L.B, H});
+    check_shape(c_all_in, "c_all", {L.N, H});
+    c_all = c_all_in.contiguous();
+    c0c = c0->contiguous();
+    dc = grad_c_n.contiguous().clone();
+  }
+  auto dh = grad_h_n.contiguous().clone();
+  auto d_gates = at::empty({L.N, GH}, options);
+  auto h_prev = at::empty({L.N, Hr}, options);
+  at::Tensor d_h_total, m_all, d_m;
+  if (L.proj) {
+    d_h_total = at::empty({L.N, Hr}, options);
+    m_all = at::empty({L.N, H}, options);
+    d_m = at::empty({L.B, H}, options);
+  }
+  for (int64_t k = L.T - 1; k >= 0; --k) {
+    const int64_t t = L.order[k], n = L.rows[t], start = L.offset[t];
+    if (n == 0) continue;
+    // The previous step in processing order supplies the first min(n, its rows) rows of the previous state;
+    // the others start from the initial state (reverse direction: the sequences that begin at this step).
+    const int64_t before = k > 0 ? L.offset[L.order[k - 1]] : 0;
+    const int64_t head = k > 0 ? std::min(n, L.rows[L.order[k - 1]]) : 0;
+    h_prev.narrow(0, start, head).copy_(y.narrow(0, before, head));
+    h_prev.narrow(0, start + head, n - head).copy_(h0.narrow(0, head, n - head));
+    auto dh_rows = dh.narrow(0, 0, n);
+    dh_rows.add_(grad_y.narrow(0, start, n));
+    auto dg_rows = d_gates.narrow(0, start, n);
+    const auto step_gates = gates.narrow(0, start, n);
+    if (L.lstm) {
+      at::Tensor dm = dh_rows, m_out;
+      if (L.proj) {
+        d_h_total.narrow(0, start, n).copy_(dh_rows);
+        dm = d_m.narrow(0, 0, n);
+        at::mm_out(dm, dh_rows, *w_hr);
+        m_out = m_all.narrow(0, start, n);
+      }
+      auto dc_rows = dc.narrow(0, 0, n);
+      Policy::cell_backward(dm, step_gates, c_all.narrow(0, before, head), c0c.narrow(0, head, n - head),
+                            c_all.narrow(0, start, n), dc_rows, dg_rows, m_out);
+    } else {
+      Policy::rnn_backward(mode, dh_rows, y.narrow(0, start, n), dg_rows);
+    }
+    at::mm_out(dh_rows, dg_rows, w_hh);
+  }
+  const auto d_gates_t = d_gates.t();
+  return {at::mm(d_gates, w_ih),
+          dh,
+          L.lstm ? dc : absent(options),
+          at::mm(d_gates_t, x),
+          at::mm(d_gates_t, h_prev),
+          has_bias ? d_gates.sum(0) : absent(options),
+          L.proj ? at::mm(d_h_total.t(), m_all) : absent(options)};
+}
+
+}  // namespace fastflow::lstm_loop

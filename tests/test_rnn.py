@@ -1,0 +1,231 @@
+"""``fastflow.nn.LSTM``, ``RNN`` and ``LSTMCell`` as drop-in replacements of ``torch.nn``'s (issue 12).
+
+Parity: the same ``state_dict`` in both modules, the same inputs; outputs, final states and the gradients of every
+parameter and of the input agree (float64 ≤ 1e-10 relative, float32 ≤ 1e-5) across layers, directions,
+``batch_first``, ``proj_size``, biases, dropout in eval, packed sequences of mixed lengths and unbatched inputs.
+Then what drop-in means beyond values: ``state_dict`` keys, whole-module save and load, ``flatten_parameters``,
+torch's errors for bad shapes, and the fallback to torch's implementation where no kernel runs.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
+
+import fastflow
+from fastflow import _backends
+from fastflow.nn import LSTM, RNN, LSTMCell
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _pair(kind: str, dtype, **options) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    if kind == "lstm":
+        theirs, ours = nn.LSTM(4, 5, **options), LSTM(4, 5, **options)
+    else:
+        nonlinearity = {"rnn": "tanh", "relu": "relu"}[kind]
+        theirs, ours = nn.RNN(4, 5, nonlinearity=nonlinearity, **options), RNN(4, 5, nonlinearity=nonlinearity,
+                                                                               **options)
+    theirs = theirs.to(dtype).eval()
+    ours = ours.to(dtype).eval()
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def _inputs(kind: str, layout: str, options: dict, dtype, with_state: bool):
+    """``(input factory, hx)``: a fresh leaf input per call (its gradient is compared too)."""
+    generator = torch.Generator().manual_seed(1)
+    batch, steps = 3, 6
+    if layout == "packed":
+        sequences = [torch.randn(n, 4, generator=generator, dtype=dtype) for n in (4, 6, 2)]
+
+        def make():
+            leaves = [s.clone().requires_grad_(True) for s in sequences]
+            return pack_sequence(leaves, enforce_sorted=False), leaves
+    else:
+        shape = (steps, 4) if layout == "unbatched" else ((batch, steps, 4) if options.get("batch_first")
+                                                          else (steps, batch, 4))
+        x = torch.randn(*shape, generator=generator, dtype=dtype)
+
+        def make():
+            leaf = x.clone().requires_grad_(True)
+            return leaf, [leaf]
+    hx = None
+    if with_state:
+        layers = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
+        h_size = options.get("proj_size", 0) or 5
+        dims = (layers, h_size) if layout == "unbatched" else (layers, batch, h_size)
+        h0 = torch.randn(*dims, generator=generator, dtype=dtype)
+        if kind == "lstm":
+            cdims = dims[:-1] + (5,)
+            hx = (h0, torch.randn(*cdims, generator=generator, dtype=dtype))
+        else:
+            hx = h0
+    return make, hx
+
+
+def _run(module: nn.Module, make, hx):
+    module.zero_grad()
+    inp, leaves = make()
+    out, hidden = module(inp, hx)
+    data = out.data if isinstance(out, PackedSequence) else out
+    states = hidden if isinstance(hidden, tuple) else (hidden,)
+    loss = data.square().sum() + sum(s.sin().sum() for s in states)
+    loss.backward()
+    return [data, *states, *[p.grad for p in module.parameters()], *[leaf.grad for leaf in leaves]]
+
+
+CONFIGS = [
+    dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias,
+         dropout=0.3 if layers > 1 else 0.0)
+    for layers, bidirectional, batch_first, bias in itertools.product([1, 3], [False, True], [False, True],
+                                                                      [True, False])
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("layout", ["padded", "packed", "unbatched"])
+@pytest.mark.parametrize("kind,proj", [("lstm", 0), ("lstm", 3), ("rnn", 0), ("relu", 0)])
+def test_outputs_states_and_gradients_equal_torch_nn(kind, proj, layout, dtype):
+    worst = 0.0
+    for index, options in enumerate(CONFIGS):
+        if proj:
+            options = {**options, "proj_size": proj}
+        theirs, ours = _pair(kind, dtype, **options)
+        make, hx = _inputs(kind, layout, options, dtype, with_state=index % 2 == 1)
+        with fastflow.set_backend("cpu"), _backends.trace() as calls:
+            mine = _run(ours, make, hx)
+        assert any(op == "lstm" for op, _, _ in calls), "the fused op did not run"
+        expected = _run(theirs, make, hx)
+        assert len(mine) == len(expected)
+        for a, b in zip(mine, expected, strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            worst = max(worst, _relative(a, b))
+    assert worst <= TOLERANCE[dtype], worst
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_cell_equals_torch_nn(dtype, batched, bias):
+    torch.manual_seed(0)
+    theirs = nn.LSTMCell(4, 6, bias=bias).to(dtype)
+    ours = LSTMCell(4, 6, bias=bias).to(dtype)
+    ours.load_state_dict(theirs.state_dict())
+    generator = torch.Generator().manual_seed(2)
+    xs = torch.randn(5, 3, 4, generator=generator, dtype=dtype)
+    if not batched:
+        xs = xs[:, 0]
+    results = []
+    for module in (theirs, ours):
+        module.zero_grad()
+        x = xs.clone().requires_grad_(True)
+        state, loss = None, 0
+        with fastflow.set_backend("cpu"), _backends.trace() as calls:
+            for t in range(xs.shape[0]):  # a loop of cells, the state carried (and None at first)
+                state = module(x[t], state)
+                loss = loss + state[0].square().sum() + state[1].sin().sum()
+            loss.backward()
+        if module is ours:
+            assert any(op == "lstm_cell" for op, _, _ in calls)
+        results.append([*state, x.grad, *[p.grad for p in module.parameters()]])
+    for a, b in zip(results[1], results[0], strict=True):
+        assert a.shape == b.shape
+        assert _relative(a, b) <= TOLERANCE[dtype]
+
+
+def test_drop_in_state_dict_save_load_and_flatten_parameters():
+    torch.manual_seed(0)
+    ours = LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2)
+    theirs = nn.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    ours.flatten_parameters()
+    buffer = io.BytesIO()
+    torch.save(ours, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded) is LSTM
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(loaded(x)[0], theirs(x)[0])
+    for cls, base in ((RNN, nn.RNN), (LSTMCell, nn.LSTMCell)):
+        assert issubclass(cls, base) and list(cls(3, 4).state_dict()) == list(base(3, 4).state_dict())
+
+
+def test_training_mode_dropout_runs_between_layers():
+    torch.manual_seed(0)
+    ours = LSTM(3, 4, num_layers=3, dropout=0.5).train()
+    x = torch.randn(6, 2, 3)
+    y1, y2 = ours(x)[0], ours(x)[0]
+    assert y1.shape == (6, 2, 4) and not torch.equal(y1, y2)  # dropout draws differ
+    ours.eval()
+    torch.testing.assert_close(ours(x)[0], ours(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("build,call", [
+    (lambda: (nn.LSTM(3, 4), LSTM(3, 4)), lambda m: m(torch.randn(5, 2, 7))),  # input size
+    (lambda: (nn.LSTM(3, 4), LSTM(3, 4)), lambda m: m(torch.randn(5, 2, 3), (torch.zeros(1, 3, 4),
+                                                                              torch.zeros(1, 3, 4)))),
+    (lambda: (nn.LSTM(3, 4), LSTM(3, 4)), lambda m: m(torch.randn(2, 5, 2, 3))),  # 4-D input
+    (lambda: (nn.LSTM(3, 4), LSTM(3, 4)), lambda m: m(torch.randn(5, 2, 3), (torch.zeros(4), torch.zeros(4)))),
+    (lambda: (nn.RNN(3, 4), RNN(3, 4)), lambda m: m(torch.randn(5, 2, 3), torch.zeros(2, 2, 4))),
+    (lambda: (nn.RNN(3, 4), RNN(3, 4)), lambda m: m(torch.randn(5, 3), torch.zeros(1, 2, 4))),
+    (lambda: (nn.LSTMCell(3, 4), LSTMCell(3, 4)), lambda m: m(torch.randn(2, 5))),
+    (lambda: (nn.LSTMCell(3, 4), LSTMCell(3, 4)), lambda m: m(torch.randn(2, 3), (torch.zeros(3, 4),
+                                                                                  torch.zeros(3, 4)))),
+    (lambda: (nn.LSTMCell(3, 4), LSTMCell(3, 4)), lambda m: m(torch.randn(2, 3), (torch.zeros(2, 5),
+                                                                                  torch.zeros(2, 5)))),
+    (lambda: (nn.LSTMCell(3, 4), LSTMCell(3, 4)), lambda m: m(torch.randn(2, 2, 3))),
+])
+def test_bad_shapes_give_torch_nn_errors(build, call):
+    theirs, ours = build()
+    with pytest.raises(Exception) as expected:
+        call(theirs)
+    with pytest.raises(type(expected.value)):
+        call(ours)
+
+
+def test_automatic_choice_runs_torch_where_the_kernel_is_not_ahead():
+    """``LAYER_AUTO`` is empty on this CPU (torch's oneDNN LSTM is faster): with the automatic choice the layers run
+    torch's implementation, bit for bit torch's results; forced, the kernel runs."""
+    from fastflow.ops.lstm import LAYER_AUTO
+
+    assert "cpu" not in LAYER_AUTO
+    torch.manual_seed(0)
+    theirs, ours = nn.LSTM(3, 4, num_layers=2), LSTM(3, 4, num_layers=2)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 2, 3)
+    with _backends.trace() as calls:
+        got = ours(x)[0]
+    assert not any(op == "lstm" for op, _, _ in calls)
+    torch.testing.assert_close(got, theirs(x)[0], rtol=0, atol=0)
+    with fastflow.set_backend("cpu"), _backends.trace() as calls:
+        forced = ours(x)[0]
+    assert any(op == "lstm" and ran == "cpu" for op, _, ran in calls)
+    torch.testing.assert_close(forced, got, rtol=1e-5, atol=1e-6)
+
+
+def test_what_no_kernel_runs_falls_back_to_torch():
+    """bfloat16 on the CPU and autocast have no kernel: torch's implementation runs, with torch's results."""
+    torch.manual_seed(0)
+    theirs, ours = nn.LSTM(3, 4).bfloat16(), LSTM(3, 4).bfloat16()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 2, 3).bfloat16()
+    with _backends.trace() as calls:
+        got = ours(x)[0]
+    assert not any(op == "lstm" for op, _, _ in calls)
+    torch.testing.assert_close(got, theirs(x)[0], rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours.float()(torch.randn(5, 2, 3))[0].dtype == torch.bfloat16
+    with fastflow.set_backend("cpu"), pytest.raises(fastflow.BackendError, match="bfloat16"):
+        LSTM(3, 4).bfloat16()(x)
