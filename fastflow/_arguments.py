@@ -20,6 +20,7 @@ __all__ = [
     "check_out_folder",
     "describe_os_error",
     "doing",
+    "fraction",
     "int_between",
     "non_negative_float",
     "non_negative_int",
@@ -82,6 +83,14 @@ def probability(text: str) -> float:
     value = _number(text, float)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in ``[0, 1)`` (a dropout rate)."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
     return value
 
 
@@ -152,17 +161,23 @@ def check_out_folder(out: str, flag: str = "--out") -> None:
         raise ValueError(f"{flag} {out}: cannot create it in {parent} (permission denied)")
 
 
-def check_out_file(path: str, flag: str = "--out") -> None:
-    """Refuse an image file name that is a folder, has no image extension, or whose folder is missing or not
-    writable."""
+def check_out_file(path: str, flag: str = "--out", *, text: bool = False) -> None:
+    """Refuse an image file name (``text``: a text file name) that is a folder, has no image extension (``.txt``),
+    or whose folder is missing or not writable."""
+    example = "samples.txt" if text else "samples.png"
     if os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a folder: give a file name such as {os.path.join(path, 'samples.png')}")
-    from PIL import Image
-
-    Image.init()
+        raise ValueError(f"{flag} {path} is a folder: give a file name such as {os.path.join(path, example)}")
     extension = os.path.splitext(path)[1].lower()
-    if extension not in Image.registered_extensions():
-        raise ValueError(f"{flag} {path}: give an image file name ending in .png (or .jpg, ...)")
+    if text:
+        if extension != ".txt":
+            raise ValueError(f"{flag} {path}: a text model's samples are text: give a file name ending in .txt, or "
+                             f"no {flag} to print them")
+    else:
+        from PIL import Image
+
+        Image.init()
+        if extension not in Image.registered_extensions():
+            raise ValueError(f"{flag} {path}: give an image file name ending in .png (or .jpg, ...)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"

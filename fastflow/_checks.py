@@ -29,6 +29,7 @@ __all__ = [
     "check_real",
     "check_sizes",
     "check_temperature",
+    "check_tokens",
     "sample_arguments",
     "values_readable",
 ]
@@ -194,6 +195,42 @@ def check_binary(name: str, x: object, *, dtype: torch.dtype | None = None) -> T
     binary = (x == 0) | (x == 1)
     y = x.to(dtype)
     return torch.where(binary, y, torch.full_like(y, torch.nan))
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens: the input of the language models (CharRNN).
+
+
+def check_tokens(name: str, x: object, vocab_size: int, *, dims: int = 2) -> tuple[Tensor, Tensor | None]:
+    """``x`` as int64 token indices in ``[0, vocab_size)`` of shape ``[B, T]`` (``dims=2``) or ``[T]`` (``dims=1``),
+    and a bool mask ``[same shape]`` of the invalid tokens, or None when every token is known to be valid.
+
+    A non-tensor, a float, bool or complex tensor is a ``TypeError``; a wrong number of dimensions or a token out of
+    range a ``ValueError`` naming ``x``. The range check is a host read when :func:`_may_read_values` allows it;
+    otherwise (a GPU tensor inside autograd, ``torch.compile``) the invalid tokens come back clamped into range
+    with their mask, so that the caller turns what depends on them into NaN instead of crashing in an embedding
+    kernel or giving a silently wrong result.
+    """
+    layout = "[B, T]" if dims == 2 else "[T]"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout} of token indices (int64), got {type(x).__name__}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of token indices (int64), got {x.dtype}; tokens come "
+                        f"from a vocabulary's encode(), or convert with {name}.long()")
+    if x.dim() != dims:
+        raise ValueError(f"{name} must be {layout} token indices, got shape {tuple(x.shape)}")
+    x = x.long()
+    if x.numel() == 0:
+        return x, None
+    if _may_read_values(x):
+        low, high = torch.aminmax(x)
+        if bool(torch.stack([low < 0, high >= vocab_size]).any()):
+            bad = x[(x < 0) | (x >= vocab_size)]
+            raise ValueError(f"{name} must hold tokens in [0, {vocab_size}) (the vocabulary size), got "
+                             f"{bad.numel()} outside, e.g. {bad[0].item()}")
+        return x, None
+    invalid = (x < 0) | (x >= vocab_size)
+    return x.clamp(0, vocab_size - 1), invalid
 
 
 def check_sizes(name: str, value: object, *, allow_empty: bool = True) -> tuple[int, ...]:

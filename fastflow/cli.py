@@ -22,6 +22,7 @@ from fastflow._arguments import (
     check_out_folder,
     describe_os_error,
     doing,
+    fraction,
     int_between,
     non_negative_float,
     non_negative_int,
@@ -34,7 +35,7 @@ from fastflow._arguments import (
 )
 from fastflow.presets import PRESETS, format_presets
 from fastflow.train.checkpoint import BEST
-from fastflow.train.objective import unit_for
+from fastflow.train.objective import unit_for, unit_named
 from fastflow.train.run import CHECKPOINTS
 
 CHECKPOINT_HELP = ("of a run folder: best (checkpoint-best.pt, the best validation score, when the data has a "
@@ -46,16 +47,22 @@ __all__ = ["PRESETS", "build_parser", "format_presets", "main"]
 _MODEL_FLAGS: dict[str, tuple[str, Callable[[str], object], str]] = {
     "--scales": ("scales", positive_int, "glow/realnvp: number of scales (levels)"),
     "--depth": ("depth", positive_int, "glow: flow steps per scale"),
-    "--hidden": ("hidden", positive_int, "conditioner width (channels or units); pixelcnn: channels"),
+    "--hidden": ("hidden", positive_int, "conditioner width (channels or units); pixelcnn: channels; charrnn: the "
+                 "recurrent layers' width"),
     "--blocks": ("blocks", positive_int, "realnvp: residual blocks per conditioner"),
     "--couplings": ("couplings", positive_int, "nice/flow: number of couplings"),
     "--layers": ("layers", positive_int, "nice/made: hidden layers (per conditioner); maf: flow layers; pixelcnn: "
-                 "residual blocks (gated: layers after the first)"),
+                 "residual blocks (gated: layers after the first); charrnn: recurrent layers"),
     "--kernel": ("kernel", positive_int, "pixelcnn: the first layer's (odd) kernel size (7)"),
     "--residual-kernel": ("residual_kernel", positive_int, "pixelcnn: every later layer's (odd) kernel size (3)"),
     "--masks": ("masks", positive_int, "made: mask sets, one per minibatch in training, averaged in evaluation"),
     "--coupling": ("coupling", str, "glow: affine or additive"),
     "--n-bits": ("n_bits", int_between(1, 8), "glow: bits per channel the images are reduced to (1..8)"),
+    "--cell": ("cell", str, "charrnn: lstm (default) or rnn (tanh)"),
+    "--dropout": ("dropout", fraction, "charrnn: dropout between the recurrent layers and before the output, in "
+                  "[0, 1) (default 0)"),
+    "--embedding": ("embedding", positive_int, "charrnn: character embedding width (default: the vocabulary size, "
+                    "at most --hidden)"),
 }
 # Model switches: flag -> (option name, the value the flag sets, help).
 _MODEL_SWITCHES: dict[str, tuple[str, object, str]] = {
@@ -65,10 +72,10 @@ _MODEL_SWITCHES: dict[str, tuple[str, object, str]] = {
     "--direct": ("direct", True, "made: direct (masked) input-to-output connections"),
     "--gated": ("gated", True, "pixelcnn: the Gated PixelCNN (vertical and horizontal stacks, no blind spot)"),
 }
-_MODEL_CHOICES = {"coupling": ("affine", "additive")}
+_MODEL_CHOICES = {"coupling": ("affine", "additive"), "cell": ("lstm", "rnn")}
 _TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "optimizer", "warmup", "lr_decay", "weight_decay", "grad_clip",
                 "ema", "seed", "eval_every", "checkpoint_every", "keep", "log_every", "max_minutes", "precision",
-                "temperature", "num_samples", "device")
+                "temperature", "num_samples", "device", "seq_len")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,8 +124,6 @@ def _train(args: argparse.Namespace) -> int:
 
     # Everything that can be checked without data or a model, first.
     preset = PRESETS[args.preset] if args.preset else {}
-    if args.data is None:
-        args.data = preset.get("data", {}).get("spec", "digits")
     name = args.model or preset.get("model") or "glow"
     if preset and args.model and args.model != preset["model"]:
         raise ValueError(f"--preset {args.preset} is for {preset['model']}, not {args.model}")
@@ -156,23 +161,35 @@ def _train(args: argparse.Namespace) -> int:
         check_out_folder(args.out)
         resumed(args.out)
     _check_model_options(name, options)
+    if args.data is None:  # after --resume has named the run's model: a text model's default is text
+        args.data = preset.get("data", {}).get("spec", MODELS[name].default_data)
 
     with doing("read"):
         data = fastflow.data.load(args.data)
-    if not isinstance(data, fastflow.data.ImageData):
-        raise ValueError(f"--data {args.data}: the models here are image flows; {type(data).__name__} has no model "
-                         "to train yet")
+    text = isinstance(data, fastflow.data.TextData)
+    if MODELS[name].data != ("text" if text else "images"):
+        if text:
+            raise ValueError(f"--data {args.data} is text: {name} models images; train a text model such as charrnn "
+                             "on it")
+        raise ValueError(f"--data {args.data} is images: {name} models text; give text such as --data pysource, "
+                         "tinyshakespeare or text:PATH")
     out = args.out
     if out is None:
         out = os.path.join("runs", f"{name}-{data.name}")
         check_out_folder(out, "--out (default)")
         resumed(out)
         _check_model_options(name, options)
-    if batch > len(data.train):
+    if text:
+        seq_len = settings.get("seq_len", TrainConfig.seq_len)
+        if batch * seq_len + seq_len > len(data.train):
+            raise ValueError(f"--batch-size {batch} streams of --seq-len {seq_len} characters need at least "
+                             f"{batch * seq_len + seq_len} training characters; --data {args.data} has "
+                             f"{len(data.train)}: lower them")
+    elif batch > len(data.train):
         raise ValueError(f"--batch-size {batch} exceeds the {len(data.train)} training images of --data {args.data}")
 
     torch.manual_seed(settings.get("seed", 0))
-    model = build_model(name, data.shape, data.levels, **options)
+    model = build_model(name, data.shape, data.levels, vocab=data.vocab if text else None, **options)
     parameters = sum(p.numel() for p in model.parameters())
     made_for = preset.get("data")
     if made_for and tuple(made_for["shape"]) != tuple(data.shape):
@@ -183,36 +200,77 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(out=out, resume=args.resume, overwrite=args.overwrite, model_spec=spec, data_spec=args.data,
                          tensorboard=tensorboard, **settings)
     if rank() == 0:
-        channels, height, width = data.shape
-        print(f"fastflow {fastflow.__version__}: training {name} on {data.name} "
-              f"({len(data.train)} train / {len(data.test)} test images, {channels}×{height}×{width}, "
-              f"{parameters:,} parameters, {world} process(es), backend {fastflow.get_backend()}, "
-              f"{config.precision})")
+        if text:
+            valid = f"{len(data.valid):,} valid / " if data.valid is not None else ""
+            what = (f"{len(data.train):,} train / {valid}{len(data.test):,} test characters, a vocabulary of "
+                    f"{data.vocab_size}, --seq-len {config.seq_len}")
+        else:
+            channels, height, width = data.shape
+            what = f"{len(data.train)} train / {len(data.test)} test images, {channels}×{height}×{width}"
+        print(f"fastflow {fastflow.__version__}: training {name} on {data.name} ({what}, {parameters:,} parameters, "
+              f"{world} process(es), backend {fastflow.get_backend()}, {config.precision})")
     with doing("write", out):
         metrics = train(model, data, config, progress=not args.no_progress)
     if rank() == 0:
-        unit = unit_for(data.levels)
+        unit = unit_named(metrics["unit"]) if "unit" in metrics else unit_for(data.levels)
         test = metrics.get(f"test_{unit.key}")
         score = f"test {test:.3f} {unit.name}" if test is not None else "no evaluation"
-        print(f"done: {score} after {metrics['step']} steps; samples in {os.path.join(out, 'samples.png')}, "
+        samples = os.path.join(out, "samples.txt" if text else "samples.png")
+        print(f"done: {score} after {metrics['step']} steps; samples in {samples}, "
               f"metrics in {os.path.join(out, 'metrics.jsonl')}")
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
     from fastflow.train import save_grid
+    from fastflow.train.checkpoint import CheckpointError
     from fastflow.train.run import load_run
 
     device = check_device(args.device)
-    check_out_file(args.out)
-    with doing("read", args.run):
-        run = load_run(args.run, device=device, checkpoint=args.checkpoint)
-    samples = run.sample(args.n, temperature=args.temperature, seed=args.seed)
-    with doing("write", args.out):
-        save_grid(samples, args.out, scale=args.scale)
+    # A .txt --out is a text run's; any other is checked as an image file's before the run is read, as ever.
+    text_out = args.out is not None and os.path.splitext(args.out)[1].lower() == ".txt"
+    if args.out is not None and not text_out:
+        check_out_file(args.out)
+    try:
+        with doing("read", args.run):
+            run = load_run(args.run, device=device, checkpoint=args.checkpoint)
+    except CheckpointError:
+        if text_out:
+            check_out_file(args.out)  # no text run to sample: the image run's complaint about --out comes first
+        raise
+    if run.text:
+        return _sample_text(args, run)
+    if text_out or args.prime is not None or args.length is not None:
+        check_out_file(args.out or "samples.png")
+        raise ValueError(f"--prime and --length are for a text model's run; {run.path} holds {run.name}, which makes "
+                         "images")
+    out = args.out or "samples.png"
+    check_out_file(out)
+    n = 64 if args.n is None else args.n
+    samples = run.sample(n, temperature=args.temperature, seed=args.seed)
+    with doing("write", out):
+        save_grid(samples, out, scale=args.scale)
     temperature = "default" if args.temperature is None else f"{args.temperature:g}"
-    print(f"{args.n} samples of {run.name} (step {run.step}, temperature {temperature}, seed {args.seed}) "
-          f"in {args.out}")
+    print(f"{n} samples of {run.name} (step {run.step}, temperature {temperature}, seed {args.seed}) in {out}")
+    return 0
+
+
+def _sample_text(args: argparse.Namespace, run) -> int:
+    """``fastflow sample`` of a text model's run: the texts printed, or written to a ``.txt`` ``--out``."""
+    from fastflow.train.text import format_samples
+
+    if args.out is not None:
+        check_out_file(args.out, text=True)
+    n = 4 if args.n is None else args.n
+    temperature = 1.0 if args.temperature is None else args.temperature
+    texts = run.sample(n, temperature=temperature, seed=args.seed, length=args.length, prime=args.prime)
+    content = format_samples(texts, f"{run.name}, step {run.step}, temperature {temperature:g}, seed {args.seed}")
+    if args.out is None:
+        sys.stdout.write(content)
+        return 0
+    with doing("write", args.out), open(args.out, "w", encoding="utf-8") as file:
+        file.write(content)
+    print(f"{n} samples of {run.name} (step {run.step}, temperature {temperature:g}, seed {args.seed}) in {args.out}")
     return 0
 
 
@@ -227,6 +285,8 @@ def _eval(args: argparse.Namespace) -> int:
     spec = args.data or run.data_spec
     with doing("read"):
         data = fastflow.data.load(spec)
+    if run.text:
+        return _eval_text(args, run, data, spec)
     if not isinstance(data, fastflow.data.ImageData):
         raise ValueError(f"--data {spec}: {type(data).__name__} is not image data")
     if tuple(data.shape) != run.data_shape:
@@ -239,6 +299,26 @@ def _eval(args: argparse.Namespace) -> int:
     chosen = " (the best validation score)" if os.path.basename(run.path) == BEST else ""
     print(f"{run.name} (step {run.step}{chosen}) on {data.name} {args.split}: {score:.4f} {run.unit.name} over "
           f"{len(images)} images")
+    return 0
+
+
+def _eval_text(args: argparse.Namespace, run, data, spec: str) -> int:
+    """``fastflow eval`` of a text model's run: nats per character of the split, read as one text."""
+    import fastflow
+    from fastflow.train.text import evaluate_text
+
+    if not isinstance(data, fastflow.data.TextData):
+        raise ValueError(f"--data {spec}: the run {run.path} is a text model's; {type(data).__name__} is not text")
+    if run.model.vocab not in (None, data.vocab):
+        raise ValueError(f"--data {spec} has another vocabulary ({data.vocab_size} characters) than the text the run "
+                         f"{run.path} was trained on ({run.model.vocab_size})")
+    tokens = {"test": data.test, "train": data.train, "valid": data.valid}[args.split]
+    if tokens is None:
+        raise ValueError(f"--split valid: --data {spec} has no validation split")
+    score = evaluate_text(run.model, tokens)
+    chosen = " (the best validation score)" if os.path.basename(run.path) == BEST else ""
+    print(f"{run.name} (step {run.step}{chosen}) on {data.name} {args.split}: {score:.4f} {run.unit.name} over "
+          f"{len(tokens):,} characters")
     return 0
 
 
@@ -282,10 +362,11 @@ def _info(args: argparse.Namespace) -> int:
 # The parser.
 
 _DESCRIPTION = """\
-fastflow trains normalizing flows (Glow, RealNVP, NICE and a small coupling flow) on image data, in one process or
-in several under torchrun, and reports bits/dim, sample grids, loss curves and checkpoints. It also draws samples
-from a trained run, evaluates one on a data split, runs the kernel benchmarks and shows which kernel backends this
-machine has."""
+fastflow trains normalizing flows (Glow, RealNVP, NICE and a small coupling flow) and autoregressive models (FVSBN,
+NADE, MADE, MAF, PixelCNN) on image data and a character-level language model (CharRNN) on text, in one process or
+in several under torchrun, and reports bits/dim (nats, nats/char), samples, loss curves and checkpoints. It also
+draws samples from a trained run, evaluates one on a data split, runs the kernel benchmarks and shows which kernel
+backends this machine has."""
 
 _EPILOG = """\
 examples:
@@ -293,7 +374,9 @@ examples:
   fastflow train glow --data fashion-mnist --out runs/glow-fmnist
   fastflow train --preset glow-cifar10 --data npz:cifar10.npz --out runs/glow --precision bf16
   torchrun --nproc_per_node=8 -m fastflow train --preset glow-cifar10 --data npz:cifar10.npz --out runs/glow --resume
+  fastflow train --preset charrnn-shakespeare --out runs/shakespeare
   fastflow sample runs/glow --n 64 --temperature 0.7 --out samples.png
+  fastflow sample runs/shakespeare --n 2 --prime "ROMEO:" --temperature 0.8
   fastflow eval runs/glow                      test bits/dim with the averaged weights
   fastflow presets                             what each preset sets
   fastflow info                                the kernel backends, models and presets
@@ -305,6 +388,8 @@ examples:
   fastflow train glow --steps 200 --hidden 16 --depth 2
   fastflow train --preset glow-fashion --data fashion-mnist --out runs/glow-fmnist
   fastflow train --preset glow-fashion --data fashion-mnist --out runs/glow-fmnist --resume
+  fastflow train charrnn --hidden 128 --steps 300
+  fastflow train --preset charrnn-shakespeare --out runs/shakespeare
 
 A preset sets a model, its options and training settings (fastflow presets lists them); flags override it."""
 
@@ -326,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"a paper's configuration, one of {', '.join(sorted(PRESETS))} (fastflow presets "
                             "shows what each sets); flags override it")
     train.add_argument("--data",
-                       help="digits (built in), fashion-mnist, binarized-mnist, idx:DIR, npz:PATH, folder:DIR "
-                            "(default: the preset's data set if it names one, else digits)")
+                       help="images: digits (built in), fashion-mnist, binarized-mnist, idx:DIR, npz:PATH, folder:DIR; "
+                            "text: pysource (built in: the Python library's source), tinyshakespeare, text:PATH "
+                            "(default: the preset's data set if it names one, else digits, or pysource for charrnn)")
     train.add_argument("--out", help="run folder (default runs/<model>-<data>)")
     start = train.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
@@ -364,7 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-minutes", type=positive_float, help="stop when this wall-clock budget is spent")
     train.add_argument("--temperature", type=non_negative_float,
                        help="sampling temperature of the grids (default 0.7 for flows, 1 for discrete models)")
-    train.add_argument("--num-samples", type=positive_int, help="images per sample grid (default 64)")
+    train.add_argument("--num-samples", type=positive_int,
+                       help="images per sample grid (default 64); texts per samples file for charrnn")
+    train.add_argument("--seq-len", "--bptt", dest="seq_len", type=positive_int,
+                       help="charrnn: characters per truncated back-propagation-through-time segment (default 100)")
     for flag, (name, kind, text) in _MODEL_FLAGS.items():
         extra = ("--levels",) if flag == "--scales" else ()
         choices = _MODEL_CHOICES.get(name)
@@ -375,28 +464,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     sample = commands.add_parser(
-        "sample", help="a PNG grid of samples from a trained run",
-        description="Draw samples from a trained run (with its averaged weights) and save them as one PNG grid.")
+        "sample", help="a PNG grid of samples from a trained run (texts for a text model)",
+        description="Draw samples from a trained run (with its averaged weights) and save them as one PNG grid; a "
+                    "text model's samples are printed, or written to a .txt --out.")
     sample.add_argument("run", help="run folder (its checkpoint.pt) or a checkpoint file")
-    sample.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--n", type=positive_int, help="number of samples (default 64; 4 texts for a text model)")
     sample.add_argument("--temperature", type=non_negative_float,
                         help="sampling temperature, 0 for the mode (default 0.7 for flows, 1 for discrete models)")
     sample.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     sample.add_argument("--scale", type=positive_int, default=4, help="pixels per image pixel in the PNG (default 4)")
-    sample.add_argument("--out", default="samples.png", help="the PNG file written (default samples.png)")
+    sample.add_argument("--out", help="the PNG file written (default samples.png); for a text model a .txt file "
+                                      "(default: print the samples)")
+    sample.add_argument("--length", type=non_negative_int,
+                        help="text model: characters drawn after the prime (default 500)")
+    sample.add_argument("--prime", help="text model: the text the samples start with (default none)")
     sample.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help=CHECKPOINT_HELP)
     sample.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto (default: cuda if there is a GPU), cpu or cuda")
     sample.set_defaults(handler=_sample)
 
     evaluation = commands.add_parser(
-        "eval", help="bits/dim (nats for binary data) of a trained run on a data split",
-        description="Bits/dim of a trained run (with its averaged weights) on the test or train split.")
+        "eval", help="bits/dim (nats for binary data, nats/char for text) of a trained run on a data split",
+        description="Bits/dim (nats for binary data, nats/char for text) of a trained run (with its averaged weights) "
+                    "on the test, validation or train split.")
     evaluation.add_argument("run", help="run folder (its checkpoint.pt) or a checkpoint file")
     evaluation.add_argument("--data", help="data spec (default: the run's)")
     evaluation.add_argument("--split", choices=("test", "valid", "train"), default="test",
                             help="the split (default test)")
-    evaluation.add_argument("--batch-size", type=positive_int, default=500, help="images per batch (default 500)")
+    evaluation.add_argument("--batch-size", type=positive_int, default=500,
+                            help="images per batch (default 500; text is scored as one sequence)")
     evaluation.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help=CHECKPOINT_HELP)
     evaluation.add_argument("--device", choices=DEVICES, default="auto",
                             help="auto (default: cuda if there is a GPU), cpu or cuda")

@@ -542,13 +542,14 @@ def test_folder_empty_missing_or_half_split(tmp_path, monkeypatch):
 # The ``text:PATH`` kind.
 
 def test_text_characters_and_split(tmp_path):
-    text = "hello, wörld!\n" * 5  # 70 characters: the last 7 are the test set
+    text = "hello, wörld!\n" * 5  # 70 characters: the last 7 are the test set, the 3 before them validation
     (tmp_path / "greeting.txt").write_text(text, encoding="utf-8")
     data = fastflow.data.load(f"text:{tmp_path / 'greeting.txt'}")
     assert isinstance(data, TextData) and data.name == "greeting"
-    assert data.vocab == sorted(set(text)) and data.vocab_size == 12
-    assert data.train.dtype == torch.int64 and data.train.shape == (63,) and data.test.shape == (7,)
-    assert data.decode(data.train) + data.decode(data.test) == text
+    assert data.vocab == sorted(set(text)) and data.vocab_size == 12 == data.levels and data.shape == ()
+    assert data.train.dtype == torch.int64 and data.train.shape == (60,) and data.test.shape == (7,)
+    assert data.valid.shape == (3,)
+    assert data.decode(data.train) + data.decode(data.valid) + data.decode(data.test) == text
     assert [data.vocab[token] for token in data.test.tolist()] == list(text[-7:])
     assert torch.equal(data.encode("wörld"), data.train[7:12])
     with pytest.raises(ValueError, match="'Z'"):
@@ -585,8 +586,23 @@ def test_real_tiny_shakespeare():
         pytest.skip(f"tiny-shakespeare not found at {TINY_SHAKESPEARE} (../shared/data/tinyshakespeare from the repo)")
     data = fastflow.data.load(f"text:{TINY_SHAKESPEARE}")
     assert data.name == "input" and data.vocab_size == 65 and data.vocab[0] == "\n"
-    assert len(data.train) + len(data.test) == 1_115_394 and len(data.test) == 111_539
+    assert len(data.train) + len(data.valid) + len(data.test) == 1_115_394
+    assert (len(data.train), len(data.valid), len(data.test)) == (948_086, 55_769, 111_539)
     assert data.decode(data.train[:14]) == "First Citizen:"
+
+
+def test_tinyshakespeare_finds_itself(monkeypatch):
+    if not TINY_SHAKESPEARE.is_file():
+        pytest.skip(f"tiny-shakespeare not found at {TINY_SHAKESPEARE} (../shared/data/tinyshakespeare from the repo)")
+    monkeypatch.setenv("FASTFLOW_DATA", str(TINY_SHAKESPEARE.parent.parent))
+    data = fastflow.data.load("tinyshakespeare")
+    assert data.name == "tinyshakespeare" and len(data.test) == 111_539
+    monkeypatch.setenv("FASTFLOW_DATA", "/nonexistent")
+    monkeypatch.setattr(fastflow.data.text, "named_data_candidates", lambda name: [TINY_SHAKESPEARE.parent / "x"])
+    with pytest.raises(FileNotFoundError, match="tiny-shakespeare not found.*text:PATH"):
+        fastflow.data.load("tinyshakespeare")
+    with pytest.raises(ValueError, match="takes no argument"):
+        fastflow.data.load("tinyshakespeare:x")
 
 
 # Every kind that takes a path falls back to $FASTFLOW_DATA for a relative one.

@@ -44,7 +44,9 @@ def test_sample_and_eval_commands_rebuild_the_model(tmp_path, capsys):
     assert "bits/dim over 297 images" in report
 
 
-def test_every_registered_model_trains_from_the_command(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_registered_model_trains_from_the_command(tmp_path, precision):
+    """Every model, fp32 and under bf16 autocast (a custom op that refused autocast's mixed dtypes would fail)."""
     import numpy as np
 
     from fastflow.models.registry import MODELS
@@ -61,13 +63,22 @@ def test_every_registered_model_trains_from_the_command(tmp_path):
              "made": [*on_binary, "--hidden", "8", "--layers", "2", "--masks", "2", "--direct"],
              "maf": [*on_binary, "--hidden", "8", "--layers", "2"],
              "pixelcnn": ["--hidden", "6", "--layers", "1", "--kernel", "3"]}
+    (tmp_path / "text.txt").write_text("the quick brown fox jumps over the lazy dog.\n" * 40)
+    small["charrnn"] = ["--data", f"text:{tmp_path / 'text.txt'}", "--hidden", "8", "--layers", "1", "--seq-len", "8"]
     assert set(small) == set(MODELS)
-    for name, options in small.items():
-        out = tmp_path / name
+    variants = {**small, "pixelcnn-gated": [*small["pixelcnn"], "--gated"]}
+    for variant, options in variants.items():
+        name, out = variant.split("-")[0], tmp_path / variant
         assert main(["train", name, *options, "--steps", "4", "--eval-every", "4", "--batch-size", "16",
-                     "--num-samples", "4", "--out", str(out), "--no-progress"]) == 0, name
-        assert (out / "samples.png").is_file()
-        assert fastflow.load_run(out).sample(2).shape[1:] == (1, 8, 8)
+                     "--num-samples", "4", "--precision", precision, "--out", str(out), "--no-progress"]) == 0, name
+        final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+        scores = [v for k, v in final.items() if k.startswith("test_")]
+        assert scores and all(torch.isfinite(torch.tensor(scores))), (variant, final)
+        samples = fastflow.load_run(out).sample(2)
+        if MODELS[name].data == "text":
+            assert (out / "samples.txt").is_file() and len(samples) == 2 and all(isinstance(s, str) for s in samples)
+        else:
+            assert (out / "samples.png").is_file() and samples.shape[1:] == (1, 8, 8)
 
 
 def test_presets_and_bad_options(capsys):

@@ -2,8 +2,12 @@
 
 A model joins by registration: ``@register_model("name")`` on ``build(shape, levels, **options) -> nn.Module``,
 where ``shape`` is the data's ``(C, H, W)`` and ``levels`` its number of grey levels. The options a builder takes
-are its keyword arguments; a checkpoint stores the name and the options, so that ``fastflow sample`` and
+are its keyword-only arguments; a checkpoint stores the name and the options, so that ``fastflow sample`` and
 ``fastflow eval`` rebuild the same model. ``vector=True`` marks models of flat vectors ``[B, C·H·W]``.
+
+``data="text"`` marks models of character sequences (``fastflow.data.TextData``): their ``shape`` is ``()`` (a
+token is a scalar), ``levels`` the vocabulary size, and ``build(shape, levels, vocab=None, **options)`` also takes
+the vocabulary's characters (which the model keeps in its ``state_dict``, so a checkpoint rebuilds it without them).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from fastflow.models.charrnn import CharRNN
 from fastflow.models.coupling_flow import CouplingFlow
 from fastflow.models.fvsbn import FVSBN
 from fastflow.models.glow import Glow
@@ -25,7 +30,10 @@ from fastflow.models.nice import NICE
 from fastflow.models.pixelcnn import PixelCNN
 from fastflow.models.realnvp import RealNVP
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "register_model"]
+__all__ = ["DATA_KINDS", "MODELS", "ModelSpec", "build_model", "register_model"]
+
+#: What a model is trained on, and the built-in data set ``fastflow train`` uses when ``--data`` is not given.
+DATA_KINDS = {"images": "digits", "text": "pysource"}
 
 
 @dataclass(frozen=True)
@@ -34,27 +42,38 @@ class ModelSpec:
     build: Callable[..., nn.Module]
     vector: bool
     description: str
+    data: str = "images"  # a key of DATA_KINDS
 
     @property
     def options(self) -> dict[str, object]:
-        """The builder's options and their defaults."""
-        parameters = list(inspect.signature(self.build).parameters.values())[2:]
-        return {p.name: p.default for p in parameters}
+        """The builder's options (its keyword-only arguments) and their defaults."""
+        parameters = inspect.signature(self.build).parameters.values()
+        return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    @property
+    def default_data(self) -> str:
+        """The data spec of the built-in data set of this model's kind (``digits``, ``pysource``)."""
+        return DATA_KINDS[self.data]
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, vector: bool = False):
+def register_model(name: str, *, vector: bool = False, data: str = "images"):
+    if data not in DATA_KINDS:
+        raise ValueError(f"data must be one of {', '.join(DATA_KINDS)}, got {data!r}")
+
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS[name] = ModelSpec(name, build, vector, (build.__doc__ or "").strip().splitlines()[0])
+        MODELS[name] = ModelSpec(name, build, vector, (build.__doc__ or "").strip().splitlines()[0], data)
         return build
 
     return decorator
 
 
-def build_model(name: str, shape: tuple[int, int, int], levels: int, **options) -> nn.Module:
-    """The model ``name`` for data of ``shape`` ``(C, H, W)`` with ``levels`` grey levels."""
+def build_model(name: str, shape: tuple[int, ...], levels: int, *, vocab: list[str] | None = None,
+                **options) -> nn.Module:
+    """The model ``name`` for data of ``shape`` ``(C, H, W)`` with ``levels`` grey levels, or for text (``shape``
+    ``()``, ``levels`` the vocabulary size, ``vocab`` its characters when known)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(sorted(MODELS))}, got {name!r}")
     spec = MODELS[name]
@@ -63,7 +82,16 @@ def build_model(name: str, shape: tuple[int, int, int], levels: int, **options) 
         raise ValueError(
             f"model {name!r} takes no option {', '.join(unknown)}; its options: {', '.join(spec.options)}"
         )
-    return spec.build(tuple(shape), levels, **options)
+    shape = tuple(shape)
+    if spec.data == "text":
+        if shape != ():
+            raise ValueError(f"{name} models text (character tokens), not images of shape {shape}: give text data "
+                             f"such as --data {DATA_KINDS['text']} or text:PATH")
+        return spec.build(shape, levels, vocab, **options)
+    if len(shape) != 3:
+        raise ValueError(f"{name} models images (C, H, W), not text: train a text model such as charrnn on it, or "
+                         f"give image data such as --data {DATA_KINDS['images']}")
+    return spec.build(shape, levels, **options)
 
 
 def _square(shape: tuple[int, int, int], name: str) -> tuple[int, int]:
@@ -182,3 +210,14 @@ def _pixelcnn(shape, levels, *, hidden: int = 64, layers: int = 6, gated: bool =
     channels, height, width = shape
     return PixelCNN(channels, levels=levels, hidden_channels=hidden, num_layers=layers, gated=gated,
                     image_size=(height, width), kernel_size=kernel, residual_kernel_size=residual_kernel)
+
+
+# --------------------------------------------------------------------------------------------------
+# Language models of text.
+
+
+@register_model("charrnn", data="text")
+def _charrnn(shape, levels, vocab=None, *, hidden: int = 512, layers: int = 2, cell: str = "lstm",
+             dropout: float = 0.0, embedding: int | None = None) -> CharRNN:
+    """CharRNN: a character-level LSTM (or tanh RNN) language model, softmax over the vocabulary."""
+    return CharRNN(levels, hidden, layers, cell=cell, dropout=dropout, embedding_size=embedding, vocab=vocab)

@@ -1,5 +1,6 @@
-"""Training: the loop (one process or many under ``torchrun``), checkpoints written atomically, Polyak averaging,
-metrics, PNG sample grids and loss curves, a lock of one writer per run folder, and trained runs rebuilt."""
+"""Training: the loop (one process or many under ``torchrun``; text by truncated back-propagation through time),
+checkpoints written atomically, Polyak averaging, metrics, PNG sample grids (text samples) and loss curves, a lock of
+one writer per run folder, and trained runs rebuilt."""
 
 from fastflow.train.checkpoint import (
     CheckpointError,
@@ -15,6 +16,7 @@ from fastflow.train.images import make_grid, save_grid
 from fastflow.train.lock import RunLock, RunLockedError
 from fastflow.train.loop import TrainConfig, evaluate, train
 from fastflow.train.run import Run, load_run, resume_options
+from fastflow.train.text import evaluate_text
 
 __all__ = [
     "EMA",
@@ -25,6 +27,7 @@ __all__ = [
     "RunLockedError",
     "TrainConfig",
     "evaluate",
+    "evaluate_text",
     "latest_checkpoint",
     "load_checkpoint",
     "load_run",

@@ -14,6 +14,9 @@ step (``step``, ``loss``, ``lr``, ``grad_norm``, ``images_per_s``, and at evalua
 nats for binary data, and ``valid_...`` when the data has a validation split). The losses are per-example negative
 log-likelihoods in bits/dim, or in nats for binary data (``fastflow.train.objective``). With a validation split,
 ``checkpoint-best.pt`` holds the state of the best validation score, which ``fastflow eval`` scores.
+
+Text (``TextData``) trains in the same loop by :class:`fastflow.train.text.TextTrainer`, which overrides the data
+hooks of :class:`Trainer` (batches, loss, evaluation, samples, extra checkpoint state).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from fastflow.data.registry import ImageData
+from fastflow.data.text import TextData
 from fastflow.train.checkpoint import (
     BEST,
     CheckpointError,
@@ -89,6 +93,7 @@ class TrainConfig:
     precision: str = "fp32"
     device: str = "auto"
     eval_batch_size: int = 500
+    seq_len: int = 100  # text: characters per truncated back-propagation-through-time segment
     out: str = "runs/digits"
     resume: bool = False  # continue from the newest intact checkpoint in out
     overwrite: bool = False  # start afresh in an out that holds checkpoints, deleting them
@@ -122,7 +127,7 @@ def _lr_factor(warmup: int, total: int, decay: str, step: int) -> float:
 
 
 def _check_config(config: TrainConfig) -> None:
-    positive = ["batch_size", "eval_every", "keep", "log_every", "num_samples", "eval_batch_size"]
+    positive = ["batch_size", "eval_every", "keep", "log_every", "num_samples", "eval_batch_size", "seq_len"]
     if config.epochs is None:
         positive.append("steps")
     for name in positive:
@@ -208,27 +213,32 @@ def evaluate(
     return (total[0] / total[1].clamp_min(1)).item()
 
 
-class _Trainer:
+class Trainer:
+    """The loop of the module docstring for ``ImageData``; a subclass for other data overrides the hooks: what the
+    data allow (:meth:`_prepare_data`), the objective, the batches and their loss, the held-out scores and samples,
+    and extra checkpoint state."""
+
+    #: What the throughput counts, ``<throughput>_per_s`` in the metrics: examples per step times steps per second.
+    throughput = "images"
+
     def __init__(self, model: nn.Module, data: ImageData, config: TrainConfig, context: Context, progress: bool):
         _check_config(config)
         self.model, self.data, self.config, self.context, self.progress = model, data, config, context, progress
         world = context.world_size
         if config.batch_size % world:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes {world}")
-        if len(data.train) < config.batch_size:
-            raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.train)} training images")
         self.vector = bool(config.model_spec.get("vector", False))
-        self.unit = unit_for(data.levels)
         self.best: dict[str, Any] | None = None  # {"step", "valid"}: the evaluation the validation split chose
         self.device = context.device
         self.local_batch = config.batch_size // world
-        self.steps_per_epoch = len(data.train) // config.batch_size
+        self.steps_per_epoch = self._prepare_data()
+        self.unit = self._unit()
         self.total_steps = (
             config.steps if config.epochs is None else max(1, math.ceil(config.epochs * self.steps_per_epoch))
         )
         self.checkpoint_every = config.checkpoint_every or config.eval_every
         model.to(self.device).train()
-        self.objective = Objective(model, self.vector, self.unit)
+        self.objective = self.plain_objective = self._objective()
         if context.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = DistributedDataParallel(self.objective, device_ids=ids)
@@ -237,28 +247,54 @@ class _Trainer:
             self.optimizer, functools.partial(_lr_factor, max(1, config.warmup), self.total_steps, config.lr_decay))
         self.ema = EMA(model, config.ema) if config.ema is not None else None
         self.step = self.epoch = self.cursor = 0
-        self.order = self._epoch_order(0)
+        self._start_epoch(0)
         self.metrics_path = os.path.join(config.out, "metrics.jsonl")
         self.monitor: Monitor | None = None
 
     # ----------------------------------------------------------------------------------------------
-    # Data, noise and state.
+    # The data hooks: images.
+
+    def _prepare_data(self) -> int:
+        """Refuse data the configuration cannot train on; the number of steps of one epoch."""
+        if len(self.data.train) < self.config.batch_size:
+            raise ValueError(f"batch_size {self.config.batch_size} exceeds the {len(self.data.train)} training images")
+        return len(self.data.train) // self.config.batch_size
+
+    def _unit(self) -> Unit:
+        return unit_for(self.data.levels)
+
+    def _objective(self) -> nn.Module:
+        """The module the training step calls (wrapped by DistributedDataParallel under several processes)."""
+        return Objective(self.model, self.vector, self.unit)
+
+    @property
+    def _examples_per_step(self) -> int:
+        """What one step trains on, in the unit of :attr:`throughput` (all processes together)."""
+        return self.config.batch_size
 
     def _epoch_order(self, epoch: int) -> Tensor:
         return torch.randperm(len(self.data.train), generator=_generator(self.config.seed, 0, epoch))
 
-    def _next_batch(self) -> tuple[Tensor, Tensor]:
+    def _start_epoch(self, epoch: int) -> None:
+        """Set up the data order of ``epoch`` (also when a checkpoint of that epoch is resumed)."""
+        self.order = self._epoch_order(epoch)
+
+    def _next_batch(self) -> tuple[Tensor, ...]:
         """This process's share of the next global batch, and its dequantisation noise."""
         batch = self.config.batch_size
         if self.cursor + batch > len(self.order):  # the remainder of an epoch is dropped
             self.epoch, self.cursor = self.epoch + 1, 0
-            self.order = self._epoch_order(self.epoch)
+            self._start_epoch(self.epoch)
         indices = self.order[self.cursor : self.cursor + batch]
         self.cursor += batch
         images = self.data.train[indices]
         noise = torch.rand(images.shape, generator=_generator(self.config.seed, 1, self.step))
         mine = slice(self.context.rank * self.local_batch, (self.context.rank + 1) * self.local_batch)
         return images[mine].to(self.device), noise[mine].to(self.device)
+
+    def _loss(self, objective: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        """The per-example losses ``[b]`` of this process's ``batch``, through ``objective``."""
+        return objective(*batch)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -296,7 +332,7 @@ class _Trainer:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
         self.best = state.get("best")
-        self.order = self._epoch_order(self.epoch)
+        self._start_epoch(self.epoch)
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -375,6 +411,10 @@ class _Trainer:
                 grid = make_grid(samples)
         return scores, grid
 
+    def _save_final_samples(self) -> None:
+        """The samples of the finished run (rank 0, averaged weights): ``samples.png``."""
+        save_grid(self._sample(self.config.seed), os.path.join(self.config.out, "samples.png"), scale=4)
+
     def _keep_best(self, scores: dict[str, float]) -> None:
         """With a validation split: the state of the best validation score so far as ``checkpoint-best.pt`` (what
         ``fastflow eval`` scores, so that the test split never chooses)."""
@@ -382,8 +422,9 @@ class _Trainer:
         if valid is None or not math.isfinite(valid) or (self.best is not None and valid >= self.best["valid"]):
             return
         self.best = {"step": self.step, "valid": valid}
+        state = self.state_dict()  # on every process: a subclass may gather state across them
         if self.context.is_main:
-            save_checkpoint(self.state_dict(), os.path.join(self.config.out, BEST))
+            save_checkpoint(state, os.path.join(self.config.out, BEST))
 
     def _plot(self) -> None:
         from fastflow.train.plot import save_curves
@@ -400,13 +441,13 @@ class _Trainer:
                     title=f"{self.config.model_spec.get('name', 'model')} on {self.config.data_spec} "
                           f"({self.unit.name})")
 
-    def _diagnose(self, images: Tensor, noise: Tensor, first: int) -> None:
+    def _diagnose(self, batch: tuple[Tensor, ...], first: int) -> None:
         """A non-finite loss appeared since step ``first``: name the first layer that produced it, then stop."""
         guard = NonFiniteGuard(self.model)
         try:
             guard.start()
             with torch.no_grad():
-                loss = Objective(self.model, self.vector, self.unit)(images, noise).mean()
+                loss = self._loss(self.plain_objective, batch).mean()
             guard.check(self.step, loss)
         finally:
             guard.close()
@@ -480,15 +521,17 @@ class _Trainer:
         first_logged, window_start = self.step + 1, time.perf_counter()
         started = time.perf_counter()
         self.monitor = monitor = Monitor(total=self.total_steps, initial=self.step, enabled=context.is_main,
-                                         progress=self.progress, tensorboard=config.tensorboard, unit=self.unit)
+                                         progress=self.progress, tensorboard=config.tensorboard, unit=self.unit,
+                                         throughput=self.throughput)
+        rate_key = f"{self.throughput}_per_s"
         while self.step < self.total_steps:
             self.step += 1
             step = self.step
             if kill_step and int(kill_rank) == context.rank and int(kill_step) == step:
                 os.kill(os.getpid(), signal.SIGKILL)
-            images, noise = self._next_batch()
+            batch = self._next_batch()
             with autocast:
-                per_example = self.objective(images, noise)
+                per_example = self._loss(self.objective, batch)
             loss = per_example.float().mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -509,7 +552,7 @@ class _Trainer:
                 evaluating = evaluating or out_of_time
             if logging or evaluating:
                 if bool(context.all_sum(bad.float()).item()):
-                    self._diagnose(images, noise, first_logged)
+                    self._diagnose(batch, first_logged)
                 sums = context.all_sum(torch.stack([per_example.detach().double().sum()]).to(self.device))
                 elapsed = time.perf_counter() - window_start
                 metrics = {
@@ -518,7 +561,7 @@ class _Trainer:
                     "loss": sums[0].item() / config.batch_size,
                     "lr": self.schedule.get_last_lr()[0],
                     "grad_norm": float(grad_norm),
-                    "images_per_s": (step - first_logged + 1) * config.batch_size / max(elapsed, 1e-9),
+                    rate_key: (step - first_logged + 1) * self._examples_per_step / max(elapsed, 1e-9),
                     "seconds": time.perf_counter() - started,
                 }
                 first_logged, window_start = step + 1, time.perf_counter()
@@ -533,14 +576,15 @@ class _Trainer:
                 monitor.write(f"step {step:6d}  train {metrics['loss']:.3f} {unit}  "
                               + (f"valid {valid:.3f} {unit}  " if valid is not None else "")
                               + f"test {scores[f'test_{self.unit.key}']:.3f} {unit}  "
-                              f"({metrics['images_per_s']:.0f} images/s)")
+                              f"({metrics[rate_key]:.0f} {self.throughput}/s)")
             if (logging or evaluating) and context.is_main:
                 self._log(metrics)
             if evaluating and context.is_main:
                 self._plot()
             if step % self.checkpoint_every == 0 or step == self.total_steps or out_of_time:
+                state = self.state_dict()  # on every process: a subclass may gather state across them
                 if context.is_main:
-                    save_run_checkpoint(self.state_dict(), config.out, keep=config.keep)
+                    save_run_checkpoint(state, config.out, keep=config.keep)
                 context.barrier()
             if out_of_time:
                 monitor.write(f"stopping at step {step}: the {config.max_minutes:g}-minute budget is spent")
@@ -549,7 +593,7 @@ class _Trainer:
         if context.is_main:
             swap = self.ema.swapped(self.model) if self.ema else contextlib.nullcontext(self.model)
             with swap:
-                save_grid(self._sample(config.seed), os.path.join(config.out, "samples.png"), scale=4)
+                self._save_final_samples()
         test = metrics.get(f"test_{self.unit.key}")
         if test is not None and not math.isfinite(test):
             raise FloatingPointError(f"training ended with a non-finite test {self.unit.name}")
@@ -557,12 +601,17 @@ class _Trainer:
         return metrics
 
 
-def train(model: nn.Module, data: ImageData, config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Maximise the likelihood of ``data.train`` under ``model`` (see the module docstring); returns the last
-    logged metrics. Under ``torchrun`` every process calls this with the same arguments."""
+def train(model: nn.Module, data: ImageData | TextData, config: TrainConfig, *,
+          progress: bool = True) -> dict[str, Any]:
+    """Maximise the likelihood of ``data.train`` under ``model`` (see the module docstring; text by truncated
+    back-propagation through time, ``fastflow.train.text``); returns the last logged metrics. Under ``torchrun``
+    every process calls this with the same arguments."""
+    from fastflow.train.text import TextTrainer
+
+    trainer = TextTrainer if isinstance(data, TextData) else Trainer
     context = Context.from_environment(config.device)
     try:
         torch.manual_seed(config.seed)
-        return _Trainer(model, data, config, context, progress).run()
+        return trainer(model, data, config, context, progress).run()
     finally:
         context.close()

@@ -6,6 +6,9 @@ Polyak-averaged weights copied in (``weights="averaged"``, what evaluation and s
 last iterate is asked for. Loading goes through :func:`fastflow.train.checkpoint.load_checkpoint`: the file is
 read with ``weights_only=True`` and its checksum verified. The model runs on whichever kernel backends the
 machine has, the compiled extension or not (the weights do not depend on the backend).
+
+A text model's run (``charrnn``) has ``data_shape`` ``()`` and ``levels`` the vocabulary size; its model keeps the
+characters, and ``run.sample`` gives strings.
 """
 
 from __future__ import annotations
@@ -55,8 +58,17 @@ class Run:
         return self.checkpoint.get("data_spec", "digits")
 
     @property
-    def data_shape(self) -> tuple[int, int, int]:
+    def data_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of the images, or ``()`` for text."""
         return tuple(self.checkpoint["data_shape"])
+
+    @property
+    def text(self) -> bool:
+        """Whether the run's model is a language model of text (its samples are strings)."""
+        from fastflow.models.registry import MODELS
+
+        spec = MODELS.get(self.name)
+        return spec.data == "text" if spec is not None else not self.data_shape
 
     @property
     def levels(self) -> int:
@@ -64,15 +76,28 @@ class Run:
 
     @property
     def unit(self):
-        """The unit of the run's scores (bits/dim, or nats for binary data): a ``fastflow.train.objective.Unit``."""
-        from fastflow.train.objective import unit_for
+        """The unit of the run's scores (bits/dim, nats for binary data, nats/char for text): a
+        ``fastflow.train.objective.Unit``."""
+        from fastflow.train.objective import unit_for, unit_named
 
-        return unit_for(self.levels)
+        stored = self.checkpoint.get("unit")
+        return unit_named(stored) if isinstance(stored, str) else unit_for(self.levels)
 
-    def sample(self, n: int, *, temperature: float | None = None, seed: int = 0) -> Tensor:
-        """``n`` images ``[n, C, H, W]`` in ``[0, 1]``, the same as ``fastflow sample --seed`` gives; the global
-        random state is left as it was. ``temperature``: None is 0.7 for the flows, 1.0 (exact) for discrete
-        models."""
+    def sample(self, n: int, *, temperature: float | None = None, seed: int = 0, length: int | None = None,
+               prime: str | None = None) -> Tensor | list[str]:
+        """``n`` samples, the same as ``fastflow sample --seed`` gives: images ``[n, C, H, W]`` in ``[0, 1]`` (the
+        global random state left as it was), or for a text run ``n`` strings, each ``prime`` (default none) then
+        ``length`` (default 500) characters. ``temperature``: None is 0.7 for the flows, 1.0 (exact) for discrete
+        models and text."""
+        if self.text:
+            from fastflow.train.text import SAMPLE_LENGTH
+
+            generator = torch.Generator(self.device).manual_seed(seed)
+            return self.model.sample_text(n, SAMPLE_LENGTH if length is None else length,
+                                          1.0 if temperature is None else temperature, prime=prime,
+                                          generator=generator)
+        if length is not None or prime is not None:
+            raise ValueError(f"length and prime are for the samples of a text model; {self.name} makes images")
         from fastflow.train.images import draw_samples
 
         return draw_samples(self.model, n, self.data_shape, temperature=temperature, seed=seed)
