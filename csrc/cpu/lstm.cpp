@@ -18,6 +18,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cmath>
@@ -176,7 +177,63 @@ void for_rows(int64_t n, int64_t width, const F& body) {
 // ------------------------------------------------------------------------------------------------------
 // The CPU policy of lstm_loop.h.
 
+// MKL's packed GEMM, through torch's own mkl:: ops when this torch has them (x86 builds with MKL): the weight is
+// packed once per call for the step's batch size, after which each step's small-M product runs ~1.5-2.5x
+// faster than a plain GEMM (measured at B = 32, H = 256 and 512). Steps with fewer rows (the tail of a packed
+// sequence) take the plain product.
+struct MklLinear {
+  std::optional<c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, int64_t)>> reorder;
+  std::optional<c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const std::optional<at::Tensor>&, int64_t)>>
+      linear;
+
+  static const MklLinear& get() {
+    static const MklLinear instance = [] {
+      MklLinear found;
+      auto& dispatcher = c10::Dispatcher::singleton();
+      const auto reorder = dispatcher.findSchema({"mkl::_mkl_reorder_linear_weight", ""});
+      const auto linear = dispatcher.findSchema({"mkl::_mkl_linear", ""});
+      if (reorder.has_value() && linear.has_value() && reorder->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
+          linear->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+        found.reorder = reorder->typed<at::Tensor(const at::Tensor&, int64_t)>();
+        found.linear = linear->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const std::optional<at::Tensor>&, int64_t)>();
+      }
+      return found;
+    }();
+    return instance;
+  }
+};
+
 struct CpuPointwise {
+  struct Gemm {
+    lstm_loop::PlainGemm plain;
+    at::Tensor w, packed;  // packed: MKL's layout of w for `batch` rows, or undefined
+    int64_t batch = 0;
+  };
+
+  static Gemm prepare(const at::Tensor& w, int64_t batch) {
+    Gemm gemm{lstm_loop::plain_prepare(w), w.contiguous(), at::Tensor(), batch};
+    const auto& mkl = MklLinear::get();
+    if (mkl.reorder.has_value() && w.scalar_type() == at::kFloat && batch > 0) {
+      gemm.packed = mkl.reorder->call(gemm.w, batch);
+    }
+    return gemm;
+  }
+
+  static void product(at::Tensor& out, const at::Tensor& a, const Gemm& gemm, bool accumulate) {
+    if (!gemm.packed.defined() || a.size(0) != gemm.batch) {
+      lstm_loop::plain_product(out, a, gemm.plain, accumulate);
+      return;
+    }
+    const auto result = MklLinear::get().linear->call(a, gemm.packed, gemm.w, std::nullopt, gemm.batch);
+    if (accumulate) {
+      out.add_(result);
+    } else {
+      out.copy_(result);
+    }
+  }
+
   static void check(const at::Tensor& t, const char* name, const at::Tensor& like) {
     TORCH_CHECK_VALUE(t.defined(), "fastflow lstm: ", name, " is undefined");
     TORCH_CHECK_VALUE(t.device().is_cpu(), "fastflow lstm (CPU kernel): ", name, " is on ", t.device(),

@@ -147,6 +147,12 @@ T* pointer_or_null(const at::Tensor& t) {
 
 // The CUDA policy of lstm_loop.h.
 struct CudaPointwise {
+  using Gemm = lstm_loop::PlainGemm;
+  static Gemm prepare(const at::Tensor& w, int64_t) { return lstm_loop::plain_prepare(w); }
+  static void product(at::Tensor& out, const at::Tensor& a, const Gemm& gemm, bool accumulate) {
+    lstm_loop::plain_product(out, a, gemm, accumulate);
+  }
+
   static void check(const at::Tensor& t, const char* name, const at::Tensor& like) {
     TORCH_CHECK_VALUE(t.defined(), "fastflow lstm: ", name, " is undefined");
     TORCH_CHECK_VALUE(t.device() == like.device(), "fastflow lstm (CUDA kernel): ", name, " is on ", t.device(),
