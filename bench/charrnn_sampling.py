@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from bench.harness import device_description
+from bench.harness import device_description, write_json_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -101,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {method} | {result[method + '_s']:.2f} |")
     print(f"incremental is {result['speedup']:.0f}× the naive loop; equal characters: "
           f"{100 * result['equal_characters']:.2f} %")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{slug}-{result['date']}-charrnn-sampling.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_json_result(args.out, slug, result["date"], "charrnn-sampling", result)
     return 0
 
 

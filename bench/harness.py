@@ -41,6 +41,7 @@ import datetime
 import gc
 import importlib
 import importlib.metadata
+import json
 import math
 import os
 import pkgutil
@@ -821,6 +822,17 @@ def add_ratios(rows: list[dict[str, object]], copy_gbps: float, matmul_tflops: M
             base = medians.get((row["op"], row["case"], row["mode"], baseline))
             if base is not None:
                 row[f"speedup_vs_{baseline}"] = base / row["median_ms"]
+
+
+def write_json_result(out: Path | str, slug: str, date: str, tag: str, result: dict) -> Path:
+    """Write a standalone benchmark's ``result`` as ``<out>/<slug>-<date>-<tag>.json`` (the naming of
+    ``bench/results/``), say where, and return the path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{slug}-{date}-{tag}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path
 
 
 def device_description(device: torch.device) -> tuple[str, str]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.harness import device_description
+from bench.harness import device_description, write_json_result
 
 RESULTS = Path(__file__).parent / "results"
 INPUT_SETS = 4
@@ -154,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         d = result["max_abs_difference"]
         print(f"|  | max difference to torch | | {d['fastflow']:.1e} | {d['fastflow-cpu']:.1e} | "
               f"{d['cell-loop']:.1e} | | | | |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{slug}-{report['date']}-lstm-layers.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_json_result(args.out, slug, report["date"], "lstm-layers", report)
     return 0
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from bench.harness import device_description
+from bench.harness import device_description, write_json_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -84,11 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     for method in ("naive", "cached"):
         print(f"| {method} | {result[method + '_s']:.2f} | {result[method + '_s_per_image']:.3f} |")
     print(f"cached is {result['speedup']:.0f}× the naive sampler; equal pixels: {100 * result['equal_pixels']:.3f} %")
-    args.out.mkdir(parents=True, exist_ok=True)
     tag = "gated" if args.gated else "pixelcnn"
-    path = args.out / f"{slug}-{result['date']}-{tag}-sampling.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_json_result(args.out, slug, result["date"], f"{tag}-sampling", result)
     return 0
 
 
