@@ -439,7 +439,7 @@ class Trainer:
                         curves[curve].append((record["step"], record[key]))
         save_curves(os.path.join(self.config.out, "loss.png"), {k: v for k, v in curves.items() if v},
                     title=f"{self.config.model_spec.get('name', 'model')} on {self.config.data_spec} "
-                          f"({self.unit.name})")
+                          f"({self.unit.name})", ylabel=self.unit.name)
 
     def _diagnose(self, batch: tuple[Tensor, ...], first: int) -> None:
         """A non-finite loss appeared since step ``first``: name the first layer that produced it, then stop."""
