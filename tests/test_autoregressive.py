@@ -1,5 +1,5 @@
-"""Autoregressive models (FVSBN, NADE, MADE, the MAF layer and model, PixelCNN and Gated PixelCNN), MaskedLinear and
-MaskedConv2d (issues 10 and 11).
+"""Autoregressive models (FVSBN, NADE, MADE, the MAF layer and model, PixelCNN and Gated PixelCNN, CharRNN),
+MaskedLinear and MaskedConv2d (issues 10, 11 and 12).
 
 1. The autoregressive property through the Jacobian: the output for dimension ``order[k]`` depends on
    ``x[order[:k]]`` and on nothing else (exact zeros), for every model and mask set; images in raster order with
@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastflow.models import FVSBN, MADE, MAF, NADE, PixelCNN
+from fastflow.models import FVSBN, MADE, MAF, NADE, CharRNN, PixelCNN
 from fastflow.models.registry import build_model
 from fastflow.nn import MaskedAutoregressiveFlow, MaskedConv2d, MaskedLinear, MaskedMLP
 
@@ -151,6 +151,36 @@ AR_CASES += [
                 lambda: PixelCNN(3, levels=3, hidden_channels=9, num_layers=2, gated=True, num_classes=2,
                                  kernel_size=3),
                 (3, 3, 3), _pixelcnn_outputs, complete=True),
+]
+
+
+class Characters(nn.Module):
+    """A CharRNN seen as a model of vectors: ``x [T]`` moves each position's input embedding along a fixed direction
+    (the tokens are discrete; the embedding is where a continuous change enters), ``forward`` returns the logits of
+    each position ``[B, V, T]``; the natural order."""
+
+    def __init__(self, model: CharRNN, length: int):
+        super().__init__()
+        self.model = model
+        self.register_buffer("order", torch.arange(length))
+        self.register_buffer("tokens", torch.arange(length) % model.vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens.expand(x.shape[0], -1)
+        shifted = self.model.embedding(tokens) + x[..., None]
+        handle = self.model.embedding.register_forward_hook(lambda module, inputs, output: shifted)
+        try:
+            logits, _ = self.model(tokens)  # [B, T, V]
+        finally:
+            handle.remove()
+        return logits.transpose(1, 2)
+
+
+# CharRNN: the logits of position t depend on every earlier character (the recurrence has no blind spot) and on no
+# later one, LSTM and RNN.
+AR_CASES += [
+    ARCase(f"charrnn-{cell}", lambda cell=cell: Characters(CharRNN(4, 5, 2, cell=cell), 6), _logits, binary=False)
+    for cell in ("lstm", "rnn")
 ]
 
 

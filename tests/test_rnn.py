@@ -229,3 +229,23 @@ def test_what_no_kernel_runs_falls_back_to_torch():
         assert ours.float()(torch.randn(5, 2, 3))[0].dtype == torch.bfloat16
     with fastflow.set_backend("cpu"), pytest.raises(fastflow.BackendError, match="bfloat16"):
         LSTM(3, 4).bfloat16()(x)
+
+
+@pytest.mark.parametrize("change,error,pattern", [
+    (dict(w_ih=torch.zeros(20, 4)), ValueError, "w_ih must have shape"),
+    (dict(h0=torch.zeros(3, 6)), ValueError, "h0 must have shape"),
+    (dict(c0=None), ValueError, "c0 must be given"),
+    (dict(b_hh=None), ValueError, "b_ih and b_hh"),
+    (dict(w_hh=torch.zeros(20, 5, dtype=torch.float64)), TypeError, "w_hh has dtype"),
+    (dict(x=torch.zeros(12, 3, dtype=torch.int64)), TypeError, "x must be a floating-point"),
+    (dict(batch_sizes=[3, 4, 3, 2]), ValueError, "batch_sizes must be non-increasing"),
+    (dict(batch_sizes=[3, 3, 3]), ValueError, "batch_sizes sum to 9"),
+])
+def test_lstm_recurrence_bad_input_names_the_argument(change, error, pattern):
+    from fastflow.ops.lstm import lstm_recurrence
+
+    args = dict(x=torch.zeros(12, 3), h0=torch.zeros(3, 5), c0=torch.zeros(3, 5), w_ih=torch.zeros(20, 3),
+                w_hh=torch.zeros(20, 5), b_ih=torch.zeros(20), b_hh=torch.zeros(20), batch_sizes=[3, 3, 3, 3])
+    args.update(change)
+    with pytest.raises(error, match=pattern):
+        lstm_recurrence(**args)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from fastflow import _backends
+from fastflow._checks import check_floating
 from fastflow.ops.declaration import EXTENSION, FLOATS, Autograd, Implementation, Op, Stage
 from fastflow.reference import lstm as reference
 from fastflow.reference.lstm import MODES
@@ -128,14 +129,6 @@ def _backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, _grad_c_all):
             grad_w_hr if w_hr is not None else None, None, None, None)
 
 
-def _reference_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, mode, reverse):
-    return reference.recurrence_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, mode, reverse)
-
-
-def _reference_bwd(*args):
-    return reference.recurrence_backward(*args)
-
-
 _FWD_SCHEMA = ("(Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
                "int[] batch_sizes, int mode, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 _BWD_SCHEMA = ("(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, "
@@ -146,7 +139,8 @@ LSTM = Op(
     "lstm",
     stages={"fwd": Stage(_FWD_SCHEMA, fake=_fake_fwd, lead="x"), "bwd": Stage(_BWD_SCHEMA, fake=_fake_bwd, lead="x")},
     backends={
-        "reference": Implementation(FLOATS, {"fwd": _reference_fwd, "bwd": _reference_bwd}),
+        "reference": Implementation(FLOATS, {"fwd": reference.recurrence_forward,
+                                             "bwd": reference.recurrence_backward}),
         "cpu": Implementation(_CPU, EXTENSION),
         "cuda": Implementation(FLOATS, EXTENSION),
     },
@@ -213,6 +207,7 @@ def lstm_recurrence(x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor, w_hh
         batch_sizes, x = [batch] * steps, x.reshape(steps * batch, x.shape[2])
     steps = [int(n) for n in batch_sizes]
     c0 = c0 if index == 0 else None
+    _check_recurrence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, steps, index)
     if _backends.plain_reference():
         # The forced reference is the plain-PyTorch spec, differentiated by autograd (the benchmarks' baseline).
         y, h_n, c_n = reference.recurrence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, steps, index, bool(reverse))
@@ -223,12 +218,41 @@ def lstm_recurrence(x: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor, w_hh
     return y, h_n, c_n if index == 0 else None
 
 
+def _check_recurrence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, steps: list[int], mode: int) -> None:
+    """Shapes, dtypes and devices of :func:`lstm_recurrence`'s arguments (``x`` already ``[N, I]``)."""
+    _check_same("x", x, w_ih, "w_ih")
+    for name, value in (("h0", h0), ("w_hh", w_hh), ("c0", c0), ("b_ih", b_ih), ("b_hh", b_hh), ("w_hr", w_hr)):
+        if value is not None:
+            _check_same(name, value, x, "x")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih and b_hh must be given together (or both None)")
+    if MODES[mode] == "lstm" and c0 is None:
+        raise ValueError("c0 must be given for mode 'lstm'")
+    if w_hr is not None and MODES[mode] != "lstm":
+        raise ValueError(f"w_hr (a projection) needs mode 'lstm', got {MODES[mode]!r}")
+    gates = reference.gate_count(mode)
+    if x.dim() != 2 or h0.dim() != 2 or w_hh.dim() != 2 or w_hh.shape[0] % gates:
+        raise ValueError(f"x must be [N, I], h0 [B, H_r] and w_hh [{gates}·H, H_r]; got x {tuple(x.shape)}, "
+                         f"h0 {tuple(h0.shape)}, w_hh {tuple(w_hh.shape)}")
+    hidden, h_size = w_hh.shape[0] // gates, (w_hr.shape[0] if w_hr is not None else w_hh.shape[0] // gates)
+    expected = {"w_ih": (gates * hidden, x.shape[1]), "w_hh": (gates * hidden, h_size),
+                "h0": (h0.shape[0], h_size), "c0": (h0.shape[0], hidden), "b_ih": (gates * hidden,),
+                "b_hh": (gates * hidden,), "w_hr": (h_size, hidden)}
+    for name, value in (("w_ih", w_ih), ("w_hh", w_hh), ("h0", h0), ("c0", c0), ("b_ih", b_ih), ("b_hh", b_hh),
+                        ("w_hr", w_hr)):
+        if value is not None and tuple(value.shape) != expected[name]:
+            raise ValueError(f"{name} must have shape {expected[name]}, got {tuple(value.shape)}")
+    increasing = any(a < b for a, b in zip(steps, steps[1:], strict=False))
+    if any(n < 0 for n in steps) or increasing or (steps and steps[0] > h0.shape[0]):
+        raise ValueError(f"batch_sizes must be non-increasing, non-negative and at most h0's {h0.shape[0]} rows, "
+                         f"got {steps}")
+    if sum(steps) != x.shape[0]:
+        raise ValueError(f"batch_sizes sum to {sum(steps)} but x has {x.shape[0]} rows")
+
+
 def _check_same(name: str, value: Tensor, like: Tensor, like_name: str) -> None:
-    for label, tensor in ((like_name, like), (name, value)):
-        if not isinstance(tensor, Tensor):
-            raise TypeError(f"{label} must be a torch.Tensor, got {type(tensor).__name__}")
-        if not tensor.is_floating_point():
-            raise TypeError(f"{label} must be a floating-point tensor, got {tensor.dtype}")
+    check_floating(like_name, like)
+    check_floating(name, value)
     if value.device != like.device:
         raise ValueError(f"{name} is on {value.device} but {like_name} is on {like.device}; put them on one device")
     if value.dtype != like.dtype:

@@ -75,7 +75,7 @@ def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 def lstm_cell_backward(grad_m: Tensor, grad_c_new: Tensor, gates: Tensor, c: Tensor,
                        c_new: Tensor) -> tuple[Tensor, Tensor]:
     """``(grad_gates [B, 4H], grad_c [B, H])`` of :func:`lstm_cell` (the activations recomputed from ``gates``)."""
-    i, f, g, o = (t for t in gates.chunk(4, dim=-1))
+    i, f, g, o = gates.chunk(4, dim=-1)
     i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
     tanh_c = torch.tanh(c_new)
     dc = grad_c_new + grad_m * o * (1 - tanh_c * tanh_c)
