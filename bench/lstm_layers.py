@@ -8,8 +8,8 @@
 - ``fastflow``: ``fastflow.nn.LSTM`` as a user gets it (the automatic choice: where ``fastflow.ops.lstm.LAYER_AUTO``
   does not hold the device's kernel, torch's implementation, so this is torch's time plus the layer's dispatch);
 - ``fastflow-cpu``: ``fastflow.nn.LSTM`` with the CPU kernel forced (the lstm op: the input projection as one GEMM,
-  the recurrence in one native loop with MKL's packed GEMM and the fused cell, the weight gradients as one GEMM
-  each);
+  then at these sizes the fused recurrence of ``csrc/cpu/lstm_fused.cpp`` — AVX-512 register tiles with the
+  pointwise work in place, a thread team per sequence — and the weight gradients as one GEMM each);
 - ``cell-loop``: what a user writes without a sequence layer, a Python loop over time steps of ``nn.LSTMCell``
   (one layer: the comparison is made at ``--layers 1``; with more layers the loop runs each layer in turn);
 

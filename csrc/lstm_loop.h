@@ -15,6 +15,13 @@
 //   prepare(w, batch) -> Gemm                  a weight [N, K] made ready for the products out (+)= a·wᵀ of
 //                                              every step (a of up to batch rows), once per call;
 //   product(out, a, gemm, accumulate)          out = a·wᵀ, or out += a·wᵀ;
+//   fused_forward(L, x, w_ih, bias, w_hh, gates, h, c, y, c_all) -> bool
+//                                              the whole forward at once (gates to be made, with the input
+//                                              projection; h, c hold the initial states and are left as the final
+//                                              ones), or false to let the loop here run it;
+//   fused_backward(L, w_hh, gates, c_all, c0, y, grad_y, dh, dc, d_gates) -> bool
+//                                              the same for the backward's reverse walk (dh, dc: ∂L/∂h_n, ∂L/∂c_n
+//                                              in, ∂L/∂h0, ∂L/∂c0 out; d_gates every step's ∂L/∂gates);
 //
 // each on contiguous row ranges [n, ·] of one step (the math: fastflow/reference/lstm.py; the contract:
 // fastflow/ops/lstm.py). Packed sequences: step t's n_t rows lie at offset Σ_{s<t} n_s; the state buffers
@@ -44,7 +51,7 @@ inline void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef e
 }
 
 struct Layout {
-  int64_t N, B, T, I, H, Hr, G;
+  int64_t N, B, T, I, H, Hr, G, mode;
   bool lstm, proj;
   std::vector<int64_t> offset, rows;  // per step, in time order
   std::vector<int64_t> order;         // processing order: step k is time index order[k]
@@ -58,6 +65,7 @@ inline Layout layout(const at::Tensor& x, const at::Tensor& h0, const at::Tensor
   TORCH_CHECK_VALUE(x.dim() == 2 && h0.dim() == 2 && w_ih.dim() == 2 && w_hh.dim() == 2,
                     "fastflow lstm: x, h0, w_ih and w_hh must be 2-D");
   Layout L;
+  L.mode = mode;
   L.lstm = mode == kLSTM;
   L.G = L.lstm ? 4 : 1;
   L.N = x.size(0);
@@ -159,17 +167,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   if (L.proj) Policy::check(*w_hr, "w_hr", x_in);
   const auto x = x_in.contiguous();
   const auto options = x.options();
-  at::Tensor gates;
+  at::Tensor bias;  // b_ih + b_hh, or undefined
   if (b_ih.has_value() && b_ih->defined()) {
     TORCH_CHECK_VALUE(b_hh.has_value() && b_hh->defined(), "fastflow lstm: b_ih and b_hh come together");
     Policy::check(*b_ih, "b_ih", x);
     Policy::check(*b_hh, "b_hh", x);
     check_shape(*b_ih, "b_ih", {L.G * L.H});
     check_shape(*b_hh, "b_hh", {L.G * L.H});
-    // Both biases once, in the input projection of every step (one GEMM).
-    gates = at::addmm(at::add(*b_ih, *b_hh), x, w_ih.t());
-  } else {
-    gates = at::mm(x, w_ih.t());
+    bias = at::add(*b_ih, *b_hh);
   }
   auto y = at::empty({L.N, L.Hr}, options);
   auto h = h0.contiguous().clone();
@@ -185,6 +190,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     c = absent(options);
     c_all = absent(options);
   }
+  at::Tensor gates;
+  if (Policy::fused_forward(L, x, w_ih, bias, w_hh, gates, h, c, y, c_all)) return {y, h, c, gates, c_all};
+  // Both biases once, in the input projection of every step (one GEMM).
+  gates = bias.defined() ? at::addmm(bias, x, w_ih.t()) : at::mm(x, w_ih.t());
   const auto recurrent = Policy::prepare(w_hh, L.B);
   const auto projection = L.proj ? Policy::prepare(*w_hr, L.B) : typename Policy::Gemm{};
   for (int64_t k = 0; k < L.T; ++k) {
@@ -254,18 +263,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     m_all = at::empty({L.N, H}, options);
     d_m = at::empty({L.B, H}, options);
   }
-  // dh = dgates·w_hh and dm = dh·w_hr: products with the transposed weights.
-  const auto recurrent = Policy::prepare(w_hh.t(), L.B);
-  const auto projection = L.proj ? Policy::prepare(w_hr->t(), L.B) : typename Policy::Gemm{};
-  for (int64_t k = L.T - 1; k >= 0; --k) {
+  // Every step's previous state, for the weight gradient of w_hh: the previous step in processing order supplies
+  // the first min(n, its rows) rows; the others start from the initial state (reverse direction: the sequences
+  // that begin at this step).
+  for (int64_t k = 0; k < L.T; ++k) {
     const int64_t t = L.order[k], n = L.rows[t], start = L.offset[t];
-    if (n == 0) continue;
-    // The previous step in processing order supplies the first min(n, its rows) rows of the previous state;
-    // the others start from the initial state (reverse direction: the sequences that begin at this step).
     const int64_t before = k > 0 ? L.offset[L.order[k - 1]] : 0;
     const int64_t head = k > 0 ? std::min(n, L.rows[L.order[k - 1]]) : 0;
     h_prev.narrow(0, start, head).copy_(y.narrow(0, before, head));
     h_prev.narrow(0, start + head, n - head).copy_(h0.narrow(0, head, n - head));
+  }
+  const bool fused = !L.proj && Policy::fused_backward(L, w_hh, gates, c_all, c0c, y, grad_y, dh, dc, d_gates);
+  // dh = dgates·w_hh and dm = dh·w_hr: products with the transposed weights.
+  const auto recurrent = fused ? typename Policy::Gemm{} : Policy::prepare(w_hh.t(), L.B);
+  const auto projection = L.proj ? Policy::prepare(w_hr->t(), L.B) : typename Policy::Gemm{};
+  for (int64_t k = fused ? -1 : L.T - 1; k >= 0; --k) {
+    const int64_t t = L.order[k], n = L.rows[t], start = L.offset[t];
+    if (n == 0) continue;
+    const int64_t before = k > 0 ? L.offset[L.order[k - 1]] : 0;
+    const int64_t head = k > 0 ? std::min(n, L.rows[L.order[k - 1]]) : 0;
     auto dh_rows = dh.narrow(0, 0, n);
     dh_rows.add_(grad_y.narrow(0, start, n));
     auto dg_rows = d_gates.narrow(0, start, n);

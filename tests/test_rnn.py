@@ -28,21 +28,21 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def _pair(kind: str, dtype, **options) -> tuple[nn.Module, nn.Module]:
+def _pair(kind: str, dtype, hidden: int = 5, **options) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     if kind == "lstm":
-        theirs, ours = nn.LSTM(4, 5, **options), LSTM(4, 5, **options)
+        theirs, ours = nn.LSTM(4, hidden, **options), LSTM(4, hidden, **options)
     else:
         nonlinearity = {"rnn": "tanh", "relu": "relu"}[kind]
-        theirs, ours = nn.RNN(4, 5, nonlinearity=nonlinearity, **options), RNN(4, 5, nonlinearity=nonlinearity,
-                                                                               **options)
+        theirs = nn.RNN(4, hidden, nonlinearity=nonlinearity, **options)
+        ours = RNN(4, hidden, nonlinearity=nonlinearity, **options)
     theirs = theirs.to(dtype).eval()
     ours = ours.to(dtype).eval()
     ours.load_state_dict(theirs.state_dict())
     return theirs, ours
 
 
-def _inputs(kind: str, layout: str, options: dict, dtype, with_state: bool):
+def _inputs(kind: str, layout: str, options: dict, dtype, with_state: bool, hidden: int = 5):
     """``(input factory, hx)``: a fresh leaf input per call (its gradient is compared too)."""
     generator = torch.Generator().manual_seed(1)
     batch, steps = 3, 6
@@ -63,11 +63,11 @@ def _inputs(kind: str, layout: str, options: dict, dtype, with_state: bool):
     hx = None
     if with_state:
         layers = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
-        h_size = options.get("proj_size", 0) or 5
+        h_size = options.get("proj_size", 0) or hidden
         dims = (layers, h_size) if layout == "unbatched" else (layers, batch, h_size)
         h0 = torch.randn(*dims, generator=generator, dtype=dtype)
         if kind == "lstm":
-            cdims = dims[:-1] + (5,)
+            cdims = dims[:-1] + (hidden,)
             hx = (h0, torch.randn(*cdims, generator=generator, dtype=dtype))
         else:
             hx = h0
@@ -93,16 +93,19 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+# Hidden size 5: the CPU kernel's loop of library GEMMs (any size, float64 too); 32: its fused tiled recurrence
+# (float32, H a multiple of 16, no projection).
+@pytest.mark.parametrize("dtype,hidden", [(torch.float64, 5), (torch.float32, 5), (torch.float32, 32)],
+                         ids=["float64", "float32", "float32-H32"])
 @pytest.mark.parametrize("layout", ["padded", "packed", "unbatched"])
 @pytest.mark.parametrize("kind,proj", [("lstm", 0), ("lstm", 3), ("rnn", 0), ("relu", 0)])
-def test_outputs_states_and_gradients_equal_torch_nn(kind, proj, layout, dtype):
+def test_outputs_states_and_gradients_equal_torch_nn(kind, proj, layout, dtype, hidden):
     worst = 0.0
     for index, options in enumerate(CONFIGS):
         if proj:
             options = {**options, "proj_size": proj}
-        theirs, ours = _pair(kind, dtype, **options)
-        make, hx = _inputs(kind, layout, options, dtype, with_state=index % 2 == 1)
+        theirs, ours = _pair(kind, dtype, hidden, **options)
+        make, hx = _inputs(kind, layout, options, dtype, with_state=index % 2 == 1, hidden=hidden)
         with fastflow.set_backend("cpu"), _backends.trace() as calls:
             mine = _run(ours, make, hx)
         assert any(op == "lstm" for op, _, _ in calls), "the fused op did not run"
@@ -249,3 +252,94 @@ def test_lstm_recurrence_bad_input_names_the_argument(change, error, pattern):
     args.update(change)
     with pytest.raises(error, match=pattern):
         lstm_recurrence(**args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CPU kernel's fused recurrence (float32, H a multiple of 16): its tiles cover batch rows in blocks of up to 6
+# and hidden units in blocks of 16 (forward LSTM) or 64 (RNN, every backward), shared out among threads.
+
+
+def _sequence_case(kind: str, hidden: int, batch: int, lengths: list[int] | None, scale: float = 1.0,
+                   bidirectional: bool = False):
+    """(fastflow layer, torch.nn float64 twin, float32 input factory): weights scaled by ``scale`` (large ones
+    saturate every gate)."""
+    theirs, ours = _pair(kind, torch.float32, hidden, bidirectional=bidirectional)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.mul_(scale)
+    theirs = theirs.double()
+    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    generator = torch.Generator().manual_seed(2)
+    steps = max(lengths) if lengths else 7
+    x = torch.randn(steps, batch, 4, generator=generator)
+
+    def make(dtype):
+        leaf = x.to(dtype).clone().requires_grad_(True)
+        if lengths is None:
+            return leaf, [leaf]
+        return torch.nn.utils.rnn.pack_padded_sequence(leaf, torch.tensor(lengths), enforce_sorted=False), [leaf]
+
+    return ours, theirs, make
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the fused path needs AVX-512")
+@pytest.mark.parametrize("kind", ["lstm", "rnn", "relu"])
+@pytest.mark.parametrize("hidden,batch,lengths", [
+    (16, 1, None), (48, 7, None), (80, 13, [5, 1, 3, 5, 2, 4, 4, 1, 5, 3, 2, 2, 5]), (160, 6, [3, 7, 7, 1, 2, 6]),
+])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fused_recurrence_equals_float64_torch_nn(kind, hidden, batch, lengths, bidirectional):
+    ours, theirs, make = _sequence_case(kind, hidden, batch, lengths, bidirectional=bidirectional)
+    with fastflow.set_backend("cpu"):
+        mine = _run(ours, lambda: make(torch.float32), None)
+    expected = _run(theirs, lambda: make(torch.float64), None)
+    for a, b in zip(mine, expected, strict=True):
+        assert _relative(a.double(), b) <= 1e-5
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the fused path needs AVX-512")
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_fused_recurrence_saturated_gates(kind):
+    """Weights ×40: pre-activations in the tens, where sigmoid and tanh saturate (and their derivatives vanish).
+    The gradients are then ill-conditioned in float32 itself (torch.nn's float32 LSTM is ~2e-5 from float64), so
+    the kernel is held to torch's float32 error, not to a fixed bound."""
+    ours, theirs, make = _sequence_case(kind, 32, 5, [6, 6, 2, 4, 1], scale=40.0)
+    torch_f32 = type(theirs)(4, 32, nonlinearity=theirs.nonlinearity) if kind != "lstm" else nn.LSTM(4, 32)
+    torch_f32.load_state_dict(ours.state_dict())
+    with fastflow.set_backend("cpu"):
+        mine = _run(ours, lambda: make(torch.float32), None)
+    plain = _run(torch_f32, lambda: make(torch.float32), None)
+    expected = _run(theirs, lambda: make(torch.float64), None)
+    for a, p, b in zip(mine, plain, expected, strict=True):
+        assert torch.isfinite(a).all()
+        assert _relative(a.double(), b) <= 1.5 * _relative(p.double(), b) + 1e-6
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the fused path needs AVX-512")
+def test_fused_recurrence_does_not_depend_on_the_thread_count():
+    """Each number is computed by one thread in a fixed order, whichever thread claims its block."""
+    ours, _, make = _sequence_case("lstm", 96, 9, [4, 4, 3, 1, 2, 4, 4, 2, 3], bidirectional=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            with fastflow.set_backend("cpu"):
+                results.append(_run(ours, lambda: make(torch.float32), None))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the fused path needs AVX-512")
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_fused_recurrence_propagates_nan_as_torch_nn(kind):
+    theirs, ours = _pair(kind, torch.float32, 32)
+    x = torch.randn(6, 5, 4)
+    x[2, 1, 0] = float("nan")
+    with fastflow.set_backend("cpu"):
+        mine, _ = ours(x)
+    expected, _ = theirs(x)
+    assert torch.equal(mine.isnan(), expected.isnan()) and mine.isnan().any()

@@ -1,20 +1,21 @@
 // CPU kernels of the LSTM / RNN ops (contract: fastflow/ops/lstm.py; math: fastflow/reference/lstm.py).
 //
-// Strategy. The GEMMs are ATen's (MKL / oneDNN): the input projection of every step as one GEMM before the
-// loop, one GEMM per step for W_hh (and W_hr), and in the backward every weight gradient as one GEMM over all
-// steps after the loop. Between them, the pointwise work of a step — LSTM: three sigmoids, two tanh, the state
-// update; RNN: the activation — is one pass over the step's rows here, instead of the dozen ATen kernels
-// (chunk, sigmoid, tanh, mul, add, ...) that a composite cell launches, each reading and writing [B, 4H]. The
-// float32 passes use fastmath.h's vectorising exp / expm1 (sigmoid(x) = 1/(1 + e^−x), tanh(x) = sign(x)·e/(e + 2)
-// with e = expm1(2|x|), full relative precision near 0); float64 uses libm. Rows are spread over threads with
-// at::parallel_for: each row is independent, so the result does not depend on the thread count.
+// Strategy. Two paths. In float32 on AVX-512 CPUs with H a multiple of 16 and no projection, the whole recurrence
+// is lstm_fused.cpp's: the step product and its pointwise work fused in register tiles, on a team of threads that
+// lives for the whole sequence (its comment says why). Elsewhere (float64, other sizes, projections) the loop of
+// lstm_loop.h: the input projection of every step as one GEMM before the loop, one GEMM per step for W_hh (MKL's
+// packed GEMM) and W_hr, and between them the pointwise work of a step (LSTM: three sigmoids, two tanh, the state
+// update; RNN: the activation) as one pass over the step's rows (lstm_rows.h) instead of the dozen ATen kernels
+// (chunk, sigmoid, tanh, mul, add, ...) that a composite cell launches. Rows are spread over threads with
+// at::parallel_for: each row is independent, so the result does not depend on the thread count. In the backward,
+// both paths form every weight gradient as one GEMM over all steps after the walk.
 //
-// The loop over time steps, its GEMMs and the packed layout are lstm_loop.h's, shared with the CUDA kernels; this
-// file is its CPU pointwise Policy.
+// This file is lstm_loop.h's CPU pointwise Policy, whose fused_* hooks hand over to lstm_fused.cpp.
 #include "../lstm.h"
 #include "../lstm_loop.h"
 #include "dtypes.h"
-#include "fastmath.h"
+#include "lstm_fused.h"
+#include "lstm_rows.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -28,142 +29,9 @@ namespace fastflow {
 
 namespace {
 
-using lstm_loop::kReLU;
-using lstm_loop::kTanh;
+using lstm_rows::Rows;
 // Rows per parallel chunk: at least this many numbers of pointwise work per chunk (thread start-up is a few µs).
 constexpr int64_t kGrainNumbers = 16384;
-
-// ------------------------------------------------------------------------------------------------------
-// Activations.
-
-template <typename T>
-FF_INLINE T sigmoid_(T x);
-template <>
-FF_INLINE float sigmoid_(float x) { return 1.f / (1.f + fastmath::exp_bounded(-x)); }
-template <>
-FF_INLINE double sigmoid_(double x) { return 1. / (1. + std::exp(-x)); }
-
-template <typename T>
-FF_INLINE T tanh_(T x);
-template <>
-FF_INLINE float tanh_(float x) {
-  // 2|x| clamped to 40: expm1(40)/(expm1(40) + 2) rounds to 1, as tanh does from |x| ≈ 9.
-  const float e = fastmath::expm1_(std::min(2.f * std::fabs(x), 40.f));
-  return std::copysign(e / (e + 2.f), x);
-}
-template <>
-FF_INLINE double tanh_(double x) { return std::tanh(x); }
-
-template <typename T>
-FF_INLINE T relu_(T x) { return x < T(0) ? T(0) : x; }  // NaN stays NaN, as torch.relu
-
-// ------------------------------------------------------------------------------------------------------
-// Row loops over contiguous arrays of T (one row of a step).
-
-// LSTM cell forward: c (in: c_{t−1}, out: c_t), c_out = c_t (the saved copy), m = o·tanh(c_t), m2 a second
-// copy of m (the state buffer) or null.
-template <typename T>
-FF_INLINE void cell_forward(const T* __restrict g, T* __restrict c, T* __restrict c_out, T* __restrict m,
-                            T* __restrict m2, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T i = sigmoid_(g[j]), f = sigmoid_(g[H + j]), gg = tanh_(g[2 * H + j]), o = sigmoid_(g[3 * H + j]);
-    const T cn = f * c[j] + i * gg;
-    c[j] = cn;
-    c_out[j] = cn;
-    const T v = o * tanh_(cn);
-    m[j] = v;
-    if (m2 != nullptr) m2[j] = v;
-  }
-}
-
-// LSTM cell backward: dm = ∂L/∂m_t, dc (in: ∂L/∂c_t from later steps, out: ∂L/∂c_{t−1}), dg = ∂L/∂gates;
-// m_out (optional) receives m_t recomputed (the projection's weight gradient needs it).
-template <typename T>
-FF_INLINE void cell_backward(const T* __restrict dm, const T* __restrict g, const T* __restrict c_prev,
-                             const T* __restrict c_new, T* __restrict dc, T* __restrict dg, T* __restrict m_out,
-                             int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T i = sigmoid_(g[j]), f = sigmoid_(g[H + j]), gg = tanh_(g[2 * H + j]), o = sigmoid_(g[3 * H + j]);
-    const T tc = tanh_(c_new[j]);
-    const T dct = dc[j] + dm[j] * o * (T(1) - tc * tc);
-    dg[j] = dct * gg * i * (T(1) - i);
-    dg[H + j] = dct * c_prev[j] * f * (T(1) - f);
-    dg[2 * H + j] = dct * i * (T(1) - gg * gg);
-    dg[3 * H + j] = dm[j] * tc * o * (T(1) - o);
-    dc[j] = dct * f;
-    if (m_out != nullptr) m_out[j] = o * tc;
-  }
-}
-
-template <typename T, int64_t kMode>
-FF_INLINE void rnn_forward(const T* __restrict pre, T* __restrict h, T* __restrict y, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T v = kMode == kTanh ? tanh_(pre[j]) : relu_(pre[j]);
-    h[j] = v;
-    y[j] = v;
-  }
-}
-
-// dpre = dh·(1 − h²) (tanh) or dh·[h > 0] (ReLU), h the step's output.
-template <typename T, int64_t kMode>
-FF_INLINE void rnn_backward(const T* __restrict dh, const T* __restrict h, T* __restrict dpre, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    dpre[j] = kMode == kTanh ? dh[j] * (T(1) - h[j] * h[j]) : (h[j] > T(0) ? dh[j] : T(0));
-  }
-}
-
-// The float32 loops as compiled functions, cloned per instruction set (fastmath.h's FF_CLONES); float64 inlines
-// the templates (libm inside; not a speed path).
-FF_CLONES void f32_cell_forward(const float* g, float* c, float* c_out, float* m, float* m2, int64_t H) {
-  cell_forward<float>(g, c, c_out, m, m2, H);
-}
-FF_CLONES void f32_cell_backward(const float* dm, const float* g, const float* c_prev, const float* c_new,
-                                 float* dc, float* dg, float* m_out, int64_t H) {
-  cell_backward<float>(dm, g, c_prev, c_new, dc, dg, m_out, H);
-}
-FF_CLONES void f32_tanh_forward(const float* pre, float* h, float* y, int64_t H) {
-  rnn_forward<float, kTanh>(pre, h, y, H);
-}
-FF_CLONES void f32_relu_forward(const float* pre, float* h, float* y, int64_t H) {
-  rnn_forward<float, kReLU>(pre, h, y, H);
-}
-FF_CLONES void f32_tanh_backward(const float* dh, const float* h, float* dpre, int64_t H) {
-  rnn_backward<float, kTanh>(dh, h, dpre, H);
-}
-FF_CLONES void f32_relu_backward(const float* dh, const float* h, float* dpre, int64_t H) {
-  rnn_backward<float, kReLU>(dh, h, dpre, H);
-}
-
-template <typename T>
-struct Rows {
-  static void cell_fwd(const T* g, T* c, T* c_out, T* m, T* m2, int64_t H) { cell_forward<T>(g, c, c_out, m, m2, H); }
-  static void cell_bwd(const T* dm, const T* g, const T* cp, const T* cn, T* dc, T* dg, T* mo, int64_t H) {
-    cell_backward<T>(dm, g, cp, cn, dc, dg, mo, H);
-  }
-  static void rnn_fwd(int64_t mode, const T* pre, T* h, T* y, int64_t H) {
-    mode == kTanh ? rnn_forward<T, kTanh>(pre, h, y, H) : rnn_forward<T, kReLU>(pre, h, y, H);
-  }
-  static void rnn_bwd(int64_t mode, const T* dh, const T* h, T* dpre, int64_t H) {
-    mode == kTanh ? rnn_backward<T, kTanh>(dh, h, dpre, H) : rnn_backward<T, kReLU>(dh, h, dpre, H);
-  }
-};
-
-template <>
-struct Rows<float> {
-  static void cell_fwd(const float* g, float* c, float* c_out, float* m, float* m2, int64_t H) {
-    f32_cell_forward(g, c, c_out, m, m2, H);
-  }
-  static void cell_bwd(const float* dm, const float* g, const float* cp, const float* cn, float* dc, float* dg,
-                       float* mo, int64_t H) {
-    f32_cell_backward(dm, g, cp, cn, dc, dg, mo, H);
-  }
-  static void rnn_fwd(int64_t mode, const float* pre, float* h, float* y, int64_t H) {
-    mode == kTanh ? f32_tanh_forward(pre, h, y, H) : f32_relu_forward(pre, h, y, H);
-  }
-  static void rnn_bwd(int64_t mode, const float* dh, const float* h, float* dpre, int64_t H) {
-    mode == kTanh ? f32_tanh_backward(dh, h, dpre, H) : f32_relu_backward(dh, h, dpre, H);
-  }
-};
 
 // Rows [0, n) in parallel chunks of at least kGrainNumbers numbers of work (width numbers per row).
 template <typename F>
@@ -234,6 +102,24 @@ struct CpuPointwise {
     }
   }
 
+  static bool fused_forward(const lstm_loop::Layout& L, const at::Tensor& x, const at::Tensor& w_ih,
+                            const at::Tensor& bias, const at::Tensor& w_hh, at::Tensor& gates, at::Tensor& h,
+                            at::Tensor& c, at::Tensor& y, at::Tensor& c_all) {
+    if (!lstm_fused::applies(L, x.scalar_type())) return false;
+    // The biases join in the first step product of each tile (addmm would first copy them into all N rows).
+    gates = at::mm(x, w_ih.t());
+    lstm_fused::forward(L, w_hh.contiguous(), bias, gates, h, c, y, c_all);
+    return true;
+  }
+
+  static bool fused_backward(const lstm_loop::Layout& L, const at::Tensor& w_hh, const at::Tensor& gates,
+                             const at::Tensor& c_all, const at::Tensor& c0, const at::Tensor& y,
+                             const at::Tensor& grad_y, at::Tensor& dh, at::Tensor& dc, at::Tensor& d_gates) {
+    if (!lstm_fused::applies(L, gates.scalar_type())) return false;
+    lstm_fused::backward(L, w_hh.contiguous(), gates, c_all, c0, y, grad_y, dh, dc, d_gates);
+    return true;
+  }
+
   static void check(const at::Tensor& t, const char* name, const at::Tensor& like) {
     TORCH_CHECK_VALUE(t.defined(), "fastflow lstm: ", name, " is undefined");
     TORCH_CHECK_VALUE(t.device().is_cpu(), "fastflow lstm (CPU kernel): ", name, " is on ", t.device(),
@@ -254,7 +140,7 @@ struct CpuPointwise {
       scalar_t* ms = m.mutable_data_ptr<scalar_t>();
       scalar_t* m2s = m2.defined() ? m2.mutable_data_ptr<scalar_t>() : nullptr;
       for_rows(n, 4 * H, [&](int64_t r) {
-        Rows<scalar_t>::cell_fwd(g + r * 4 * H, cs + r * H, co + r * H, ms + r * H,
+        Rows<scalar_t>::cell_fwd(g + r * 4 * H, H, cs + r * H, co + r * H, ms + r * H,
                                  m2s != nullptr ? m2s + r * H : nullptr, H);
       });
     });
@@ -272,7 +158,7 @@ struct CpuPointwise {
       scalar_t* mo = m_out.defined() ? m_out.mutable_data_ptr<scalar_t>() : nullptr;
       for_rows(n, 4 * H, [&](int64_t r) {
         const scalar_t* c_prev = r < head ? ch + r * H : ct + (r - head) * H;
-        Rows<scalar_t>::cell_bwd(dms + r * H, g + r * 4 * H, c_prev, cn + r * H, dcs + r * H, dgs + r * 4 * H,
+        Rows<scalar_t>::cell_bwd(dms + r * H, g + r * 4 * H, H, c_prev, cn + r * H, dcs + r * H, dgs + r * 4 * H,
                                  mo != nullptr ? mo + r * H : nullptr, H);
       });
     });

@@ -152,6 +152,16 @@ struct CudaPointwise {
   static void product(at::Tensor& out, const at::Tensor& a, const Gemm& gemm, bool accumulate) {
     lstm_loop::plain_product(out, a, gemm, accumulate);
   }
+  // No whole-recurrence kernel (yet): the loop of lstm_loop.h runs every step.
+  static bool fused_forward(const lstm_loop::Layout&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&) {
+    return false;
+  }
+  static bool fused_backward(const lstm_loop::Layout&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&,
+                             at::Tensor&) {
+    return false;
+  }
 
   static void check(const at::Tensor& t, const char* name, const at::Tensor& like) {
     TORCH_CHECK_VALUE(t.defined(), "fastflow lstm: ", name, " is undefined");

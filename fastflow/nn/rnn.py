@@ -7,7 +7,8 @@ projection of every step as one GEMM, the recurrence in one native loop, the bac
 GEMM each); the cell runs its two GEMMs and then the fused cell kernel. Which backend runs is the op's answer
 (``LSTM.select_for``): where that would be the plain reference (a dtype or device no kernel covers: float16 and
 bfloat16 on CPUs), where the automatic choice falls on a backend not measured ahead of torch's own
-(``fastflow.ops.lstm.LAYER_AUTO``: on this CPU oneDNN's LSTM is ahead, on GPUs cuDNN is unmeasured against), and
+(``fastflow.ops.lstm.LAYER_AUTO``: on this CPU the kernel is only level with oneDNN's LSTM, on GPUs cuDNN is
+unmeasured against), and
 under autocast, the layer runs torch's own implementation, which computes the same function. An empty input does
 too (torch's errors or results). ``fastflow.set_backend("cpu")`` (or ``"cuda"``) runs the kernels.
 """

@@ -18,10 +18,12 @@ Math: ``fastflow.reference.lstm``. Two declarations (two stage sets, each a forw
   all steps; ``grad_b`` serves ``b_ih`` and ``b_hh`` alike.
 
 Backends: ``reference`` (``fastflow.reference.lstm``, any device and float dtype), ``cpu`` (the compiled
-extension: float32 and float64) and ``cuda`` (the compiled extension: every float dtype; the same host loop,
-``csrc/lstm_loop.h``, with CUDA pointwise kernels). Which backend runs a call is the op's answer
-(``LSTM.select_for``); the layers of ``fastflow.nn.rnn`` ask it, and run torch's own implementation where the
-answer is the reference or, with the automatic choice, a backend outside :data:`LAYER_AUTO`.
+extension: float32 and float64; in float32 on AVX-512 CPUs with ``H`` a multiple of 16 and no projection, the
+recurrence of ``csrc/cpu/lstm_fused.cpp``, tiled and multithreaded, else the loop) and ``cuda`` (the compiled
+extension: every float dtype; the same host loop, ``csrc/lstm_loop.h``, with CUDA pointwise kernels). Which
+backend runs a call is the op's answer (``LSTM.select_for``); the layers of ``fastflow.nn.rnn`` ask it, and run
+torch's own implementation where the answer is the reference or, with the automatic choice, a backend outside
+:data:`LAYER_AUTO`.
 """
 
 from __future__ import annotations
@@ -148,9 +150,10 @@ LSTM = Op(
 )
 
 #: The backends that the layers of ``fastflow.nn.rnn`` choose by themselves (with the backend setting ``"auto"``):
-#: those whose benchmark beats torch's own implementation on that device. None yet: on this CPU torch's LSTM
-#: (oneDNN) is ahead of the C++ loop (``bench/lstm_layers.py``; the README's numbers), and the CUDA kernels have not
-#: been measured against cuDNN. Forced (``fastflow.set_backend("cpu")``, ``"cuda"``), the kernels run.
+#: those whose benchmark beats torch's own implementation on that device. None yet: on this CPU the fused
+#: recurrence is level with torch's LSTM (oneDNN) for inference and 1.0-1.14x for training (``bench/lstm_layers.py``;
+#: the README's numbers), and the CUDA kernels have not been measured against cuDNN. Forced
+#: (``fastflow.set_backend("cpu")``, ``"cuda"``), the kernels run.
 LAYER_AUTO: frozenset[str] = frozenset()
 
 

@@ -92,6 +92,12 @@ register(OpEntry(
         _lstm_case(_packed([5, 4, 1]), 3, 3, 5, mode="rnn_tanh", reverse=True),
         _lstm_case(_packed([4, 3, 3, 2]), 4, 3, 4, mode="rnn_relu", layout="strided", opcheck=True),
         _lstm_case(3, 2, 4, 5, mode="rnn_relu", bias=False, reverse=True),
+        # Hidden sizes that are multiples of 16: the CPU kernel's fused recurrence in float32 (row and column
+        # blocks with remainders, packed steps, both directions).
+        _lstm_case(5, 7, 4, 16),
+        _lstm_case(_packed([5, 3, 3, 1]), 4, 3, 48, reverse=True, layout="strided"),
+        _lstm_case(_packed([4, 4, 3, 2]), 4, 3, 80, mode="rnn_relu", bias=False),
+        _lstm_case(4, 13, 3, 16, mode="rnn_tanh", reverse=True),
     ],
     check=_check_lstm,
 ))
