@@ -598,7 +598,7 @@ def test_tinyshakespeare_finds_itself(monkeypatch):
     data = fastflow.data.load("tinyshakespeare")
     assert data.name == "tinyshakespeare" and len(data.test) == 111_539
     monkeypatch.setenv("FASTFLOW_DATA", "/nonexistent")
-    monkeypatch.setattr(fastflow.data.text, "named_data_candidates", lambda name: [TINY_SHAKESPEARE.parent / "x"])
+    monkeypatch.setattr(paths_module, "named_data_candidates", lambda name: [TINY_SHAKESPEARE.parent / "x"])
     with pytest.raises(FileNotFoundError, match="tiny-shakespeare not found.*text:PATH"):
         fastflow.data.load("tinyshakespeare")
     with pytest.raises(ValueError, match="takes no argument"):

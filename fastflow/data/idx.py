@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastflow.data.paths import named_data_candidates, resolve_data_path
+from fastflow.data.paths import find_named_data, resolve_data_path
 from fastflow.data.registry import ImageData, register_loader
 
 __all__ = ["load_fashion_mnist", "load_idx", "read_idx"]
@@ -126,11 +126,6 @@ def load_fashion_mnist(argument: str | None = None) -> ImageData:
     """
     if argument is not None:
         raise ValueError(f"data spec 'fashion-mnist' takes no argument, got 'fashion-mnist:{argument}'")
-    candidates = named_data_candidates("fashion-mnist")
-    for folder in candidates:
-        if folder.is_dir():
-            return load_idx(str(folder))
-    raise FileNotFoundError(
-        f"Fashion-MNIST not found (tried {', '.join(map(str, candidates))}): set FASTFLOW_DATA to the folder that "
-        f"holds fashion-mnist/ with {_expected_files()}, or use 'idx:DIR'"
-    )
+    folder = find_named_data("fashion-mnist", None, folder=True, what="Fashion-MNIST",
+                             holds=f"fashion-mnist/ with {_expected_files()}, or use 'idx:DIR'")
+    return load_idx(str(folder))

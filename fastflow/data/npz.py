@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastflow.data.paths import named_data_candidates, resolve_data_path
+from fastflow.data.paths import find_named_data, resolve_data_path
 from fastflow.data.registry import ImageData, register_loader
 
 __all__ = ["IMAGE_KEYS", "LABEL_KEYS", "VALID_KEYS", "load_binarized_mnist", "load_npz"]
@@ -158,9 +158,6 @@ def load_npz(argument: str | None = None) -> ImageData:
     )
 
 
-BINARIZED_MNIST = "binarized_mnist/binarized_mnist.npz"
-
-
 @register_loader("binarized-mnist")
 def load_binarized_mnist(argument: str | None = None) -> ImageData:
     """Binarized MNIST (Larochelle & Murray's fixed binarisation, the NADE/MADE/PixelCNN split): train 50,000,
@@ -169,14 +166,9 @@ def load_binarized_mnist(argument: str | None = None) -> ImageData:
     ``binarized-mnist:PATH`` reads that archive."""
     if argument is not None:
         return load_npz(argument)
-    candidates = [folder.parent / BINARIZED_MNIST for folder in named_data_candidates("binarized_mnist")]
-    for path in candidates:
-        if path.is_file():
-            data = load_npz(str(path))
-            data.name = "binarized-mnist"
-            return data
-    raise FileNotFoundError(
-        f"binarized MNIST not found (tried {', '.join(map(str, candidates))}): set FASTFLOW_DATA to the folder that "
-        "holds binarized_mnist/binarized_mnist.npz (arrays train_data, valid_data, test_data), or use "
-        "'binarized-mnist:PATH'"
-    )
+    path = find_named_data("binarized_mnist", "binarized_mnist.npz", folder=False, what="binarized MNIST",
+                           holds="binarized_mnist/binarized_mnist.npz (arrays train_data, valid_data, test_data), "
+                                 "or use 'binarized-mnist:PATH'")
+    data = load_npz(str(path))
+    data.name = "binarized-mnist"
+    return data

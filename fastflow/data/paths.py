@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DATA_ENV", "SHARED_DATA", "named_data_candidates", "resolve_data_path"]
+__all__ = ["DATA_ENV", "SHARED_DATA", "find_named_data", "named_data_candidates", "resolve_data_path"]
 
 DATA_ENV = "FASTFLOW_DATA"
 #: The shared data folder beside a source checkout (``../shared/data`` from the repository's root).
@@ -25,6 +25,18 @@ def named_data_candidates(name: str) -> list[Path]:
         candidates.append(Path(root).expanduser() / name)
     candidates.append(SHARED_DATA / name)
     return candidates
+
+
+def find_named_data(name: str, inside: str | None, *, folder: bool, what: str, holds: str) -> Path:
+    """The first of :func:`named_data_candidates` (``/ inside`` each, when given) that is a folder (``folder``) or
+    a file. Else ``FileNotFoundError``: ``"<what> not found (tried ...): set FASTFLOW_DATA to the folder that holds
+    <holds>"``, where ``holds`` ends with the spec that takes a path instead."""
+    candidates = [c / inside if inside else c for c in named_data_candidates(name)]
+    for path in candidates:
+        if path.is_dir() if folder else path.is_file():
+            return path
+    raise FileNotFoundError(f"{what} not found (tried {', '.join(map(str, candidates))}): set FASTFLOW_DATA to the "
+                            f"folder that holds {holds}")
 
 
 def _describe(path: Path) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastflow.data.paths import named_data_candidates, resolve_data_path
+from fastflow.data.paths import find_named_data, resolve_data_path
 from fastflow.data.registry import register_loader
 
 __all__ = ["TEST_PERCENT", "VALID_PERCENT", "TextData", "load_text", "load_tinyshakespeare", "text_data"]
@@ -110,13 +110,8 @@ def load_tinyshakespeare(argument: str | None = None) -> TextData:
     948,086, valid 55,769, test 111,539."""
     if argument is not None:
         raise ValueError(f"data spec 'tinyshakespeare' takes no argument, got 'tinyshakespeare:{argument}'")
-    candidates = [folder / "input.txt" for folder in named_data_candidates("tinyshakespeare")]
-    for path in candidates:
-        if path.is_file():
-            data = load_text(str(path))
-            data.name = "tinyshakespeare"
-            return data
-    raise FileNotFoundError(
-        f"tiny-shakespeare not found (tried {', '.join(map(str, candidates))}): set FASTFLOW_DATA to the folder that "
-        "holds tinyshakespeare/input.txt, or use 'text:PATH'"
-    )
+    path = find_named_data("tinyshakespeare", "input.txt", folder=False, what="tiny-shakespeare",
+                           holds="tinyshakespeare/input.txt, or use 'text:PATH'")
+    data = load_text(str(path))
+    data.name = "tinyshakespeare"
+    return data
