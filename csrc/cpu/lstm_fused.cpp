@@ -246,15 +246,6 @@ void block_product(const float* a, int64_t lda, int64_t n, const float* panel, i
   }
 }
 
-// Asks for the lines of rows [0, n) × 16-float vectors at columns[0..nv) (row stride ld) to be brought into L2: the
-// next step's rows of gates, y, c_all ... were written long before (the input projection, or the forward) and lie
-// in L3 or memory; fetched a step ahead, the tile and the pointwise pass find them near.
-void prefetch(const float* base, int64_t ld, int64_t n, const int64_t* columns, int64_t nv) {
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t v = 0; v < nv; ++v) _mm_prefetch(reinterpret_cast<const char*>(base + r * ld + columns[v]), _MM_HINT_T1);
-  }
-}
-
 // ------------------------------------------------------------------------------------------------------
 // The team: slots [0, P) spread over at::parallel_for's threads, the column blocks shared out among them. Each step
 // every block is claimed once (a flag per block holds the step it waits for; a claim moves it on): a thread takes
@@ -407,12 +398,6 @@ void forward(const lstm_loop::Layout& L, const at::Tensor& w_hh, const at::Tenso
       member.each_block([&](int64_t b) {
         const Block& blk = cols[b];
         const int64_t u = blk.unit;
-        if (s + 1 < order.size()) {
-          const Step& next = order[s + 1];
-          prefetch(g + next.start * GH, GH, next.n, blk.column, blk.nv);
-          prefetch(ys + next.start * H, H, next.n, blk.column, L.lstm ? 1 : blk.nv);
-          if (L.lstm) prefetch(call + next.start * H, H, next.n, &u, 1);
-        }
         block_product(h_prev, H, st.n, panel0 + b * panel_size, H, gs, GH, blk, true, bias_p);
         for (int64_t r = 0; r < st.n; ++r) {
           const int64_t row = st.start + r;
@@ -495,23 +480,6 @@ void backward(const lstm_loop::Layout& L, const at::Tensor& w_hh, const at::Tens
     for (int64_t s = S - 1; s >= -1; --s) {
       member.each_block([&](int64_t b) {
         const Block& blk = cols[b];
-        if (s > 0) {  // the rows that step s − 1's pointwise work reads and writes
-          const Step& later = order[s - 1];
-          const int64_t gate_columns[kMaxVectors] = {blk.unit, blk.unit + H, blk.unit + 2 * H, blk.unit + 3 * H};
-          prefetch(gy + later.start * H, H, later.n, blk.column, blk.nv);
-          if (L.lstm) {
-            for (int64_t v = 0; v < blk.nv; ++v) {
-              const int64_t shifted[kMaxVectors] = {gate_columns[0] + v * kLanes, gate_columns[1] + v * kLanes,
-                                                    gate_columns[2] + v * kLanes, gate_columns[3] + v * kLanes};
-              prefetch(g + later.start * GH, GH, later.n, shifted, 4);
-              prefetch(dg + later.start * GH, GH, later.n, shifted, 4);
-            }
-            prefetch(call + later.start * H, H, later.n, blk.column, blk.nv);
-          } else {
-            prefetch(ys + later.start * H, H, later.n, blk.column, blk.nv);
-            prefetch(dg + later.start * GH, GH, later.n, blk.column, blk.nv);
-          }
-        }
         if (s + 1 < S) {
           const Step& next = order[s + 1];
           block_product(dg + next.start * GH, GH, next.n, panel0 + b * panel_size, GH, dhs, H, blk, false, nullptr);
