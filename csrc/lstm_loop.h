@@ -116,6 +116,32 @@ inline void plain_product(at::Tensor& out, const at::Tensor& a, const PlainGemm&
   }
 }
 
+// ∂L/∂W_hh = Σ_t ∂L/∂gates_tᵀ · h_{t−1}, h_{t−1} being the previous step's output (in processing order) or h0.
+// With every step holding all B rows, those are two products on views of y: the steps after the first against the
+// outputs one step back, and the first step against h0. Packed sequences of mixed lengths gather every step's
+// previous state first: the previous step supplies its first min(n, its rows) rows, the others start from h0
+// (in the reverse direction, the sequences that begin at that step).
+inline at::Tensor recurrent_weight_grad(const Layout& L, const at::Tensor& d_gates, const at::Tensor& y,
+                                        const at::Tensor& h0) {
+  const bool uniform = L.T > 0 && std::all_of(L.rows.begin(), L.rows.end(), [&](int64_t n) { return n == L.B; });
+  if (uniform) {
+    const int64_t B = L.B, rest = L.N - B;
+    const bool reverse = L.order[0] != 0;  // the first step processed is the last in time
+    auto grad = at::mm(d_gates.narrow(0, reverse ? rest : 0, B).t(), h0);
+    if (rest > 0) grad.addmm_(d_gates.narrow(0, reverse ? 0 : B, rest).t(), y.narrow(0, reverse ? B : 0, rest));
+    return grad;
+  }
+  auto h_prev = at::empty({L.N, L.Hr}, y.options());
+  for (int64_t k = 0; k < L.T; ++k) {
+    const int64_t t = L.order[k], n = L.rows[t], start = L.offset[t];
+    const int64_t before = k > 0 ? L.offset[L.order[k - 1]] : 0;
+    const int64_t head = k > 0 ? std::min(n, L.rows[L.order[k - 1]]) : 0;
+    h_prev.narrow(0, start, head).copy_(y.narrow(0, before, head));
+    h_prev.narrow(0, start + head, n - head).copy_(h0.narrow(0, head, n - head));
+  }
+  return at::mm(d_gates.t(), h_prev);
+}
+
 template <class Policy>
 std::tuple<at::Tensor, at::Tensor> cell_forward(const at::Tensor& gates_in, const at::Tensor& c_in) {
   Policy::check(gates_in, "gates", gates_in);
@@ -256,22 +282,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   auto dh = grad_h_n.contiguous().clone();
   auto d_gates = at::empty({L.N, GH}, options);
-  auto h_prev = at::empty({L.N, Hr}, options);
   at::Tensor d_h_total, m_all, d_m;
   if (L.proj) {
     d_h_total = at::empty({L.N, Hr}, options);
     m_all = at::empty({L.N, H}, options);
     d_m = at::empty({L.B, H}, options);
-  }
-  // Every step's previous state, for the weight gradient of w_hh: the previous step in processing order supplies
-  // the first min(n, its rows) rows; the others start from the initial state (reverse direction: the sequences
-  // that begin at this step).
-  for (int64_t k = 0; k < L.T; ++k) {
-    const int64_t t = L.order[k], n = L.rows[t], start = L.offset[t];
-    const int64_t before = k > 0 ? L.offset[L.order[k - 1]] : 0;
-    const int64_t head = k > 0 ? std::min(n, L.rows[L.order[k - 1]]) : 0;
-    h_prev.narrow(0, start, head).copy_(y.narrow(0, before, head));
-    h_prev.narrow(0, start + head, n - head).copy_(h0.narrow(0, head, n - head));
   }
   const bool fused = !L.proj && Policy::fused_backward(L, w_hh, gates, c_all, c0c, y, grad_y, dh, dc, d_gates);
   // dh = dgates·w_hh and dm = dh·w_hr: products with the transposed weights.
@@ -307,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           dh,
           L.lstm ? dc : absent(options),
           at::mm(d_gates_t, x),
-          at::mm(d_gates_t, h_prev),
+          recurrent_weight_grad(L, d_gates, y, h0),
           has_bias ? d_gates.sum(0) : absent(options),
           L.proj ? at::mm(d_h_total.t(), m_all) : absent(options)};
 }

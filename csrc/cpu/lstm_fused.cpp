@@ -202,14 +202,14 @@ struct Block {
 };
 
 // Forward LSTM: 16 units, the four gates as four vectors (columns q·H + unit). Forward RNN and every backward:
-// up to 64 consecutive units (columns unit + 16v).
-std::vector<Block> blocks(int64_t H, bool gate_tiles) {
+// up to `vectors` × 16 consecutive units (columns unit + 16v).
+std::vector<Block> blocks(int64_t H, bool gate_tiles, int64_t vectors = kMaxVectors) {
   std::vector<Block> out;
   if (gate_tiles) {
     for (int64_t u = 0; u < H; u += kLanes) out.push_back({u, 4, {u, H + u, 2 * H + u, 3 * H + u}});
   } else {
-    for (int64_t u = 0; u < H; u += kMaxVectors * kLanes) {
-      Block b{u, std::min(kMaxVectors, (H - u) / kLanes), {}};
+    for (int64_t u = 0; u < H; u += vectors * kLanes) {
+      Block b{u, std::min(vectors, (H - u) / kLanes), {}};
       for (int64_t v = 0; v < b.nv; ++v) b.column[v] = u + v * kLanes;
       out.push_back(b);
     }
@@ -315,6 +315,16 @@ int64_t team_size(int64_t count) {
 #endif
 }
 
+// Vectors per block of consecutive units: the widest tile (most reuse of each broadcast row element) that still
+// gives every thread of the team two blocks, so that the step's work is shared at small H (at H = 64 one block of
+// 64 would leave the second thread idle) and a slowed thread's second block can be taken over.
+int64_t block_vectors(int64_t H) {
+  const int64_t P = team_size(H / kLanes);
+  int64_t vectors = kMaxVectors;
+  while (vectors > 1 && (H / kLanes + vectors - 1) / vectors < 2 * P) vectors /= 2;
+  return vectors;
+}
+
 // body(member) on each part of the team; member.own0/own1 is its share of the blocks.
 template <typename F>
 void run_team(int64_t count, const F& body) {
@@ -360,7 +370,7 @@ void forward(const lstm_loop::Layout& L, const at::Tensor& w_hh, const at::Tenso
              at::Tensor& h, at::Tensor& c, at::Tensor& y, at::Tensor& c_all) {
   const int64_t H = L.H, GH = L.G * L.H, B = L.B;
   const auto order = steps(L);
-  const auto cols = blocks(H, L.lstm);
+  const auto cols = blocks(H, L.lstm, block_vectors(H));
   const int64_t count = static_cast<int64_t>(cols.size()), panel_size = H * kMaxVectors * kLanes;
   const auto options = gates.options();
   auto panels = at::empty({count, panel_size}, options);
@@ -428,7 +438,7 @@ void backward(const lstm_loop::Layout& L, const at::Tensor& w_hh, const at::Tens
               at::Tensor& d_gates) {
   const int64_t H = L.H, GH = L.G * L.H;
   const auto order = steps(L);
-  const auto cols = blocks(H, false);
+  const auto cols = blocks(H, false, block_vectors(H));
   const int64_t count = static_cast<int64_t>(cols.size()), panel_size = GH * kMaxVectors * kLanes;
   auto panels = at::empty({count, panel_size}, gates.options());
   const float* w = w_hh.const_data_ptr<float>();

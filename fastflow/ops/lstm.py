@@ -114,6 +114,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_all)
     ctx.batch_sizes, ctx.mode, ctx.reverse, ctx.has_bias = list(batch_sizes), mode, reverse, b_ih is not None
     ctx.mark_non_differentiable(gates, c_all)
+    # The gradients of the outputs that nobody used arrive as None rather than as zeros of their shapes: autograd
+    # would otherwise fill [N, G·H] and [N, H] zeros for gates and c_all on every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, _grad_c_all):
