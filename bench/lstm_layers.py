@@ -18,6 +18,12 @@ backward: the gradients of the input and of every parameter for a fixed random c
 times every provider once, in turn, on the next of several input sets (so that nothing is timed hot in cache
 across calls); the median of the rounds is reported, after two warm-up rounds. The input and the parameters are
 float32. Written as ``<device>-<date>-lstm-layers.json``.
+
+Every provider computes the same GEMM work, so each time is also given as GFLOP/s of that work (inference
+2·T·B·4H·(I + H) per layer; training three times that: the forward, ∂L/∂inputs and ∂L/∂weights) beside the rate
+of one large float32 matmul measured in the same run, before and after the layers (``bench.harness.matmul_rate``:
+what the machine's GEMM library reaches when nothing else limits it). A speed-up over the cell loop then reads
+as a fraction of that ceiling: k× the loop needs k times the loop's rate.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.harness import device_description, write_json_result
+from bench.harness import TimingConfig, device_description, matmul_rate, write_json_result
 
 RESULTS = Path(__file__).parent / "results"
 INPUT_SETS = 4
@@ -83,6 +89,14 @@ def _modules(steps: int, batch: int, inputs: int, hidden: int, layers: int, devi
             "cell-loop": loop}, {"torch": theirs, "fastflow": ours, "fastflow-cpu": ours, "cell-loop": loop}
 
 
+def gemm_flops(*, steps: int, batch: int, inputs: int, hidden: int, layers: int, training: bool) -> float:
+    """The GEMM FLOPs of one call: per layer the input projection and the recurrence, 2·T·B·4H·(I + H) (layers
+    after the first read H inputs); training adds ∂L/∂inputs-and-state and ∂L/∂weights, the same again each."""
+    forward = sum(2 * steps * batch * 4 * hidden * ((inputs if layer == 0 else hidden) + hidden)
+                  for layer in range(layers))
+    return 3 * forward if training else forward
+
+
 def measure(*, steps: int, batch: int, inputs: int, hidden: int, layers: int, rounds: int, device: str) -> dict:
     """Median seconds per call of each provider in each mode, and the largest output difference to torch's."""
     dev = torch.device(device)
@@ -132,27 +146,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     slug, name = device_description(torch.device(args.device))
+    ceiling = [1e3 * matmul_rate(torch.device(args.device), torch.float32, TimingConfig())]
     report = {"device": name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "threads": torch.get_num_threads(), "steps": args.steps, "batch": args.batch, "input": args.input,
               "layers": args.layers, "rounds": args.rounds, "dtype": "float32", "results": {}}
     print(f"LSTM, T = {args.steps}, B = {args.batch}, I = {args.input}, {args.layers} layer(s), float32, {name}, "
           f"{report['threads']} thread(s); median of {args.rounds} rounds, ms per call")
     print("| H | mode | torch.nn.LSTM | fastflow.nn.LSTM | fastflow, kernel forced | LSTMCell loop | fastflow vs "
-          "torch | kernel vs torch | torch vs loop | fastflow vs loop |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "torch | kernel vs torch | torch vs loop | fastflow vs loop | kernel vs loop |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rates = []
     for hidden in (int(h) for h in args.hidden.split(",")):
         result = measure(steps=args.steps, batch=args.batch, inputs=args.input, hidden=hidden, layers=args.layers,
                          rounds=args.rounds, device=args.device)
         report["results"][str(hidden)] = result
         for mode in ("inference", "training"):
             t = result[mode]
+            flops = gemm_flops(steps=args.steps, batch=args.batch, inputs=args.input, hidden=hidden,
+                               layers=args.layers, training=mode == "training")
+            result[f"{mode}_gflop"] = flops / 1e9
+            result[f"{mode}_gflops"] = {name: flops / seconds / 1e9 for name, seconds in t.items()}
+            rates.append((hidden, mode, result[f"{mode}_gflops"]))
             print(f"| {hidden} | {mode} | {1e3 * t['torch']:.1f} | {1e3 * t['fastflow']:.1f} | "
                   f"{1e3 * t['fastflow-cpu']:.1f} | {1e3 * t['cell-loop']:.1f} | {t['torch'] / t['fastflow']:.2f}× | "
                   f"{t['torch'] / t['fastflow-cpu']:.2f}× | {t['cell-loop'] / t['torch']:.2f}× | "
-                  f"{t['cell-loop'] / t['fastflow']:.2f}× |")
+                  f"{t['cell-loop'] / t['fastflow']:.2f}× | {t['cell-loop'] / t['fastflow-cpu']:.2f}× |")
         d = result["max_abs_difference"]
         print(f"|  | max difference to torch | | {d['fastflow']:.1e} | {d['fastflow-cpu']:.1e} | "
               f"{d['cell-loop']:.1e} | | | | |")
+    ceiling.append(1e3 * matmul_rate(torch.device(args.device), torch.float32, TimingConfig()))
+    report["matmul_gflops"] = {"before": ceiling[0], "after": ceiling[1]}
+    print(f"\nGFLOP/s of the same GEMM work; one large float32 matmul in this run: {ceiling[0]:.0f} (before) and "
+          f"{ceiling[1]:.0f} (after)")
+    print("| H | mode | torch.nn.LSTM | fastflow, kernel forced | LSTMCell loop | 3× the loop needs | of the matmul "
+          "rate |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for hidden, mode, r in rates:
+        print(f"| {hidden} | {mode} | {r['torch']:.0f} | {r['fastflow-cpu']:.0f} | {r['cell-loop']:.0f} | "
+              f"{3 * r['cell-loop']:.0f} | {300 * r['cell-loop'] / max(ceiling):.0f} % |")
     write_json_result(args.out, slug, report["date"], "lstm-layers", report)
     return 0
 

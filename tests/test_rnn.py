@@ -343,3 +343,26 @@ def test_fused_recurrence_propagates_nan_as_torch_nn(kind):
         mine, _ = ours(x)
     expected, _ = theirs(x)
     assert torch.equal(mine.isnan(), expected.isnan()) and mine.isnan().any()
+
+
+def test_layer_benchmark_counts_the_gemm_work_and_reports_rates(tmp_path):
+    """``bench.lstm_layers``: the FLOP count behind its GFLOP/s (2·T·B·4H·(I + H) per layer, layers after the first
+    reading H inputs; training three times that), and a tiny run's report with the rates and the matmul ceiling."""
+    import json
+
+    from bench import lstm_layers
+
+    one = lstm_layers.gemm_flops(steps=2, batch=3, inputs=5, hidden=7, layers=1, training=False)
+    assert one == 2 * 2 * 3 * 28 * 12
+    two = lstm_layers.gemm_flops(steps=2, batch=3, inputs=5, hidden=7, layers=2, training=True)
+    assert two == 3 * (one + 2 * 2 * 3 * 28 * 14)
+    assert lstm_layers.main(["--steps", "3", "--batch", "2", "--input", "8", "--hidden", "16", "--rounds", "1",
+                             "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*-lstm-layers.json")
+    report = json.loads(path.read_text())
+    result = report["results"]["16"]
+    flops = lstm_layers.gemm_flops(steps=3, batch=2, inputs=8, hidden=16, layers=1, training=True)
+    assert result["training_gflop"] == pytest.approx(flops / 1e9)
+    for name in lstm_layers.PROVIDERS:
+        assert result["training_gflops"][name] == pytest.approx(flops / result["training"][name] / 1e9)
+    assert report["matmul_gflops"]["before"] > 0 and report["matmul_gflops"]["after"] > 0

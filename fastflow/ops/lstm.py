@@ -154,9 +154,9 @@ LSTM = Op(
 
 #: The backends that the layers of ``fastflow.nn.rnn`` choose by themselves (with the backend setting ``"auto"``):
 #: those whose benchmark beats torch's own implementation on that device. None yet: on this CPU the fused
-#: recurrence is level with torch's LSTM (oneDNN) for inference and 1.0-1.14x for training (``bench/lstm_layers.py``;
-#: the README's numbers), and the CUDA kernels have not been measured against cuDNN. Forced
-#: (``fastflow.set_backend("cpu")``, ``"cuda"``), the kernels run.
+#: recurrence is 0.87-1.07x torch's LSTM (oneDNN) for inference and 1.17-1.21x for training at the benchmark's
+#: shapes (``bench/lstm_layers.py``; the README's numbers), within this machine's drift; the CUDA kernels have not
+#: been measured against cuDNN. Forced (``fastflow.set_backend("cpu")``, ``"cuda"``), the kernels run.
 LAYER_AUTO: frozenset[str] = frozenset()
 
 
