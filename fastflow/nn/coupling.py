@@ -101,6 +101,8 @@ class _Coupling(nn.Module):
     """Shared parts of the coupling layers: the split, the conditioner call and the checks."""
 
     affine: bool
+    #: Whether ``forward`` runs the coupling's inverse map (``Split``: its forward is the standardisation).
+    forward_is_inverse: bool = False
 
     def __init__(
         self,
@@ -138,8 +140,13 @@ class _Coupling(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_channels}, mask={self.mask!r}, flip={self.flip}"
 
-    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool, name: str = "x") -> tuple[Tensor, Tensor]:
+    def _transform(self, x: Tensor, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The fused op on ``x`` given the conditioner's output ``h``: ``(y, logdet)`` (or the inverse's)."""
         raise NotImplementedError
+
+    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool, name: str = "x") -> tuple[Tensor, Tensor]:
+        self._check_input(x, name)
+        return self._transform(x, self._conditioner_output(self._conditioner_input(x), cond, x), inverse)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(x, cond, inverse=False)
@@ -150,13 +157,16 @@ class _Coupling(nn.Module):
     def _check_input(self, x: Tensor, name: str = "x") -> None:
         check_flow_input(name, x, self.num_channels, dims=(4,) if self.spatial else (2,))
 
-    def _conditioner_output(self, x: Tensor, cond: Tensor | None) -> Tensor:
-        """``h = NN(x_a)``: ``[B, k·C', ...]`` with ``k = 2`` (affine) or 1 (additive)."""
+    def _conditioner_input(self, x: Tensor) -> Tensor:
+        """``x_a``, what the conditioner reads: a half of the channels, or ``x`` with the transformed positions
+        zeroed. The same for ``x`` and for the layer's output ``y``, which passes ``x_a`` through unchanged."""
         if self.mask == "channel":
             half = self.num_channels // 2
-            x_a = x[:, half:] if self.flip else x[:, :half]
-        else:
-            x_a = torch.where(checkerboard_mask(x, self.flip), 0.0, x)
+            return x[:, half:] if self.flip else x[:, :half]
+        return torch.where(checkerboard_mask(x, self.flip), 0.0, x)
+
+    def _conditioner_output(self, x_a: Tensor, cond: Tensor | None, x: Tensor) -> Tensor:
+        """``h = NN(x_a)``: ``[B, k·C', ...]`` with ``k = 2`` (affine) or 1 (additive), in ``x``'s dtype."""
         h = self.conditioner(x_a) if cond is None else self.conditioner(x_a, cond)
         expected = (x.shape[0], self._out_channels, *x.shape[2:])
         if not isinstance(h, Tensor) or tuple(h.shape) != expected:
@@ -165,6 +175,49 @@ class _Coupling(nn.Module):
         # Under autocast the conditioner computes in bf16/fp16 while the flow's state x keeps its dtype: the
         # invertible part stays exact to x's precision, the conditioner's FLOPs run in the low one.
         return h if h.dtype == x.dtype else h.to(x.dtype)
+
+    def rebuild_backward(self, y: Tensor, cond: Tensor | None, grad_y: Tensor, grad_logdet: Tensor | None,
+                         params: list[Tensor], cond_needs_grad: bool):
+        """The memory-saving backward of this layer from its output (``fastflow.nn.memory``), with one conditioner
+        pass: ``(x, ∂L/∂x, [∂L/∂p for p in params], ∂L/∂cond or None)``.
+
+        The inverse needs ``h = NN(x_a)`` and ``x_a`` is ``y_a``: the conditioner runs once, recording its graph
+        from a leaf holding ``x_a``, the inverse rebuilds ``x_b`` from that ``h``, and the coupling itself (a
+        pointwise pass) is re-run on the rebuilt ``x`` with the same ``h`` for the backward. The gradient that
+        reaches the conditioner's input leaf then joins ``∂L/∂x`` through the split. The values are those of
+        rebuilding ``x`` and re-running the whole layer, without the conditioner's second forward.
+        """
+        self._check_input(y, "y")
+        with torch.no_grad():
+            x_a = self._conditioner_input(y)
+        x_a = x_a.detach().requires_grad_(True)
+        with torch.enable_grad():
+            h = self._conditioner_output(x_a, cond, y)
+        with torch.no_grad():
+            x, _ = self._transform(y, h.detach(), inverse=not self.forward_is_inverse)
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y_again, logdet = self._transform(x, h, inverse=self.forward_is_inverse)
+            outputs, grads = [y_again], [grad_y]
+            if grad_logdet is not None and isinstance(logdet, Tensor) and logdet.requires_grad:
+                outputs.append(logdet)
+                grads.append(grad_logdet.to(logdet.dtype).expand_as(logdet))
+            inputs = [x, x_a, *params] + ([cond] if cond_needs_grad else [])
+            found = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+        grad_x = found[0] if found[0] is not None else torch.zeros_like(x)
+        if found[1] is not None:
+            grad_x = self._conditioner_input_backward(grad_x, found[1])
+        return x.detach(), grad_x, list(found[2 : 2 + len(params)]), found[-1] if cond_needs_grad else None
+
+    def _conditioner_input_backward(self, grad_x: Tensor, grad_x_a: Tensor) -> Tensor:
+        """``grad_x`` plus the gradient ``grad_x_a`` of :meth:`_conditioner_input`'s output taken back through it
+        (into the pass-through channels, or the positions the checkerboard keeps)."""
+        if self.mask == "channel":
+            half = self.num_channels // 2
+            grad_x = grad_x.clone()
+            (grad_x[:, half:] if self.flip else grad_x[:, :half]).add_(grad_x_a.to(grad_x.dtype))
+            return grad_x
+        return torch.where(checkerboard_mask(grad_x, self.flip), grad_x, grad_x + grad_x_a.to(grad_x.dtype))
 
 
 class AffineCoupling(_Coupling):
@@ -212,9 +265,7 @@ class AffineCoupling(_Coupling):
         self.scale = scale
         self.clamp = clamp
 
-    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool, name: str = "x") -> tuple[Tensor, Tensor]:
-        self._check_input(x, name)
-        h = self._conditioner_output(x, cond)
+    def _transform(self, x: Tensor, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         return ops.affine_coupling(
             x, h[:, 1::2], h[:, 0::2], mask=self.mask, scale=self.scale, flip=self.flip, inverse=inverse,
             clamp=self.clamp,
@@ -246,8 +297,6 @@ class AdditiveCoupling(_Coupling):
             spatial=spatial, cond_channels=cond_channels,
         )
 
-    def _couple(self, x: Tensor, cond: Tensor | None, inverse: bool, name: str = "x") -> tuple[Tensor, Tensor]:
-        self._check_input(x, name)
-        shift = self._conditioner_output(x, cond)
-        return ops.additive_coupling(x, shift, mask=self.mask, flip=self.flip, inverse=inverse)
+    def _transform(self, x: Tensor, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        return ops.additive_coupling(x, h, mask=self.mask, flip=self.flip, inverse=inverse)
 

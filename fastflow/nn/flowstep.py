@@ -15,6 +15,7 @@ from torch.nn.modules import module as _module
 from fastflow.nn.actnorm import ActNorm
 from fastflow.nn.coupling import AdditiveCoupling, AffineCoupling
 from fastflow.nn.invconv import InvConv1x1
+from fastflow.ops.actnorm_invconv import actnorm_invconv_rebuild_backward
 
 __all__ = ["FlowStep"]
 
@@ -69,6 +70,15 @@ class FlowStep(nn.Module):
         y, logdet_c = self.coupling(y, cond)
         return y, logdet + logdet_c
 
+    def invertible_parts(self) -> list:
+        """The step as the chain of its parts, each with ``forward``/``inverse``/``parameters``, for the
+        memory-saving backward (``fastflow.nn.memory``), which walks them one by one so that the coupling can
+        rebuild its input with a single conditioner pass. The step itself when a hook on it must see it run."""
+        if _observed(self):
+            return [self]
+        first = [_FusedActNormInvConv(self)] if self._fused() else [self.actnorm, self.invconv]
+        return [*first, self.coupling]
+
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, logdet = self.coupling.inverse(y, cond)
         if self._fused():
@@ -78,6 +88,39 @@ class FlowStep(nn.Module):
             x, logdet_a = self.actnorm.inverse(x)
             logdet_w = logdet_w + logdet_a
         return x, logdet + logdet_w
+
+
+class _FusedActNormInvConv:
+    """ActNorm and the LU 1×1 convolution of ``step`` as the one fused op its forward runs (ActNorm initialised)."""
+
+    def __init__(self, step: FlowStep):
+        self.step = step
+
+    def parameters(self):
+        yield from self.step.actnorm.parameters()
+        yield from self.step.invconv.parameters()
+
+    def __call__(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        step = self.step
+        return step.invconv._lu_call(x, step.actnorm.log_scale, step.actnorm.bias, inverse=False)
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        step = self.step
+        return step.invconv._lu_call(y, step.actnorm.log_scale, step.actnorm.bias, inverse=True)
+
+    def rebuild_backward(self, y: Tensor, cond: Tensor | None, grad_y: Tensor, grad_logdet: Tensor | None,
+                         params: list[Tensor], cond_needs_grad: bool):
+        """The memory-saving backward's walk through this part (``fastflow.nn.memory``) without re-running its
+        forward pass: ``actnorm_invconv_rebuild_backward``; None under the plain reference."""
+        step, invconv = self.step, self.step.invconv
+        found = actnorm_invconv_rebuild_backward(
+            y, step.actnorm.log_scale, step.actnorm.bias, invconv.lower, invconv.upper, invconv.log_s,
+            perm=invconv.perm, sign_s=invconv.sign_s, grad_y=grad_y, grad_logdet=grad_logdet, params=params,
+        )
+        if found is None:
+            return None
+        x, grad_x, grads = found
+        return x, grad_x, grads, None
 
 
 def _observed(layer: nn.Module) -> bool:

@@ -5,8 +5,13 @@ runs the forward pass without recording a graph and keeps only the chain's outpu
 the layers from the last to the first: it rebuilds the layer's input ``x_k = f_k⁻¹(y_k)`` through the inverse,
 re-runs ``f_k`` on it with a graph, back-propagates ``∂L/∂y_k`` and ``∂L/∂log|det J|`` through that one layer, and
 frees the graph before moving on (after RevNet, Gomez et al. 2017, and i-RevNet). The peak memory of a training
-step is then that of one layer's graph, whatever the depth; the price is one inverse and one extra forward per
-layer in the backward.
+step is then that of one layer's graph, whatever the depth.
+
+The price is one extra forward per layer, not two: a coupling's inverse needs its conditioner's output
+``NN(x_a)`` on the pass-through half, which is the same in ``x`` and ``y``, so the coupling runs its conditioner
+once in the backward, recording the graph, and re-runs only its pointwise part on the rebuilt input
+(``rebuild_backward``). A Glow step is walked as its parts (``invertible_parts``: ActNorm with the 1×1
+convolution, then the coupling), the cheap ones rebuilt and re-run as any layer is.
 
 The rebuilt inputs carry the floating-point error of the inverse; for well-conditioned flows (Glow's
 initialisation, the ``sigmoid(h + 2)`` scale) it stays far below the gradient's own noise.
@@ -53,32 +58,54 @@ class _RebuildFromOutput(torch.autograd.Function):
         cond_needs_grad = cond is not None and cond.requires_grad
         y = y.detach()
         grad_y = torch.zeros_like(y) if grad_y is None else grad_y
-        for layer in reversed(chain):
-            with torch.no_grad(), contextlib.ExitStack() as autocast:
+        parts = [part for layer in chain for part in _parts(layer)]
+        for part in reversed(parts):
+            part_params = [p for p in part.parameters() if id(p) in index]
+            with contextlib.ExitStack() as autocast:
                 for device, dtype in ctx.autocast:
                     autocast.enter_context(torch.autocast(device, dtype=dtype))
-                x, _ = layer.inverse(y, cond)
-            with torch.enable_grad(), contextlib.ExitStack() as autocast:
-                for device, dtype in ctx.autocast:
-                    autocast.enter_context(torch.autocast(device, dtype=dtype))
-                x = x.detach().requires_grad_(True)
-                y_again, logdet = layer(x, cond)
-                layer_params = [p for p in layer.parameters() if id(p) in index]
-                inputs = [x, *layer_params] + ([cond] if cond_needs_grad else [])
-                outputs, grads = [y_again], [grad_y]
-                if grad_logdet is not None and isinstance(logdet, Tensor) and logdet.requires_grad:
-                    outputs.append(logdet)
-                    grads.append(grad_logdet.to(logdet.dtype).expand_as(logdet))
-                found = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
-            grad_y = found[0] if found[0] is not None else torch.zeros_like(x)
-            for p, g in zip(layer_params, found[1 : 1 + len(layer_params)], strict=True):
+                own = getattr(part, "rebuild_backward", None)
+                args = (y, cond, grad_y, grad_logdet, part_params, cond_needs_grad)
+                found = own(*args) if own is not None else None
+                x, grad_y, grads, found_cond = found if found is not None else _rebuild_backward(part, *args)
+            for p, g in zip(part_params, grads, strict=True):
                 if g is not None:
                     i = index[id(p)]
                     grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
-            if cond_needs_grad and found[-1] is not None:
-                grad_cond = found[-1] if grad_cond is None else grad_cond + found[-1]
-            y = x.detach()
+            if found_cond is not None:
+                grad_cond = found_cond if grad_cond is None else grad_cond + found_cond
+            y = x
         return (None, grad_cond, grad_y, *grad_params)
+
+
+def _parts(layer: nn.Module) -> list:
+    """The pieces the backward walks for one layer of the chain: its ``invertible_parts()`` where it has them (a
+    Glow step: ActNorm and the 1×1 convolution, then the coupling), else the layer itself."""
+    parts = getattr(layer, "invertible_parts", None)
+    return parts() if parts is not None else [layer]
+
+
+def _rebuild_backward(layer, y: Tensor, cond: Tensor | None, grad_y: Tensor, grad_logdet: Tensor | None,
+                      params: list[Tensor], cond_needs_grad: bool):
+    """One layer of the backward walk, for any layer: rebuild its input through the inverse, run the layer again
+    on it recording a graph, back-propagate through that graph. ``(x, ∂L/∂x, [∂L/∂p], ∂L/∂cond or None)``.
+
+    A layer may do the same cheaper with a method ``rebuild_backward`` of this signature, returning None where it
+    leaves the layer to this function (the couplings: their inverse already computes what the re-run forward
+    needs; ActNorm + 1×1 convolution: the backward kernel runs on the rebuilt input without the forward's pass)."""
+    with torch.no_grad():
+        x, _ = layer.inverse(y, cond)
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y_again, logdet = layer(x, cond)
+        outputs, grads = [y_again], [grad_y]
+        if grad_logdet is not None and isinstance(logdet, Tensor) and logdet.requires_grad:
+            outputs.append(logdet)
+            grads.append(grad_logdet.to(logdet.dtype).expand_as(logdet))
+        inputs = [x, *params] + ([cond] if cond_needs_grad else [])
+        found = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+    grad_x = found[0] if found[0] is not None else torch.zeros_like(x)
+    return x.detach(), grad_x, list(found[1 : 1 + len(params)]), found[-1] if cond_needs_grad else None
 
 
 class InvertibleSequential(FlowSequential):

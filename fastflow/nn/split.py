@@ -26,6 +26,8 @@ class Split(AffineCoupling):
     ``forward`` returns ``([z_1, ε_2], −Σ log σ)``; ``inverse`` rebuilds ``z_2 = μ + σ·ε_2``.
     """
 
+    forward_is_inverse = True
+
     def __init__(self, num_channels: int, *, cond_channels: int = 0):
         if cond_channels:
             raise ValueError("Split takes no cond: its prior depends on the kept half only")

@@ -221,6 +221,53 @@ def actnorm_invconv(
     return _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, bool(inverse))
 
 
+def actnorm_invconv_rebuild_backward(
+    y: Tensor,
+    log_scale: Tensor | None,
+    bias: Tensor | None,
+    lower: Tensor,
+    upper: Tensor,
+    log_s: Tensor,
+    *,
+    perm: Tensor,
+    sign_s: Tensor,
+    grad_y: Tensor,
+    grad_logdet: Tensor | None,
+    params: list[Tensor],
+) -> tuple[Tensor, Tensor, list[Tensor | None]] | None:
+    """The backward of the forward step ``y = actnorm_invconv(x, ...)`` from its output, for the memory-saving
+    backward (``fastflow.nn.memory``): ``(x, ∂L/∂x, [∂L/∂p for p in params])``, or None under the forced plain
+    reference (whose autograd graph the caller then records the usual way).
+
+    ``x`` is rebuilt by the inverse (one pass); ``∂L/∂x`` and the folded weight's and bias's gradients come from the
+    backward kernel on that ``x``, which is what autograd would run after re-running the forward, without the
+    forward's pass; the parameters' gradients then come through the small ``C×C`` algebra (its graph recorded
+    here, with the log-determinant's). ``params``: those of ``log_scale``, ``bias``, ``lower``, ``upper``, ``log_s``
+    wanted (others get no entry).
+    """
+    if _backends.plain_reference():
+        return None
+    with torch.no_grad():
+        x, _ = _run(y, log_scale, bias, lower, upper, log_s, perm, sign_s, True)
+    acc = accumulation_dtype(y.dtype)
+    with torch.enable_grad(), torch.autocast(y.device.type, enabled=False):
+        weight, shift = reference.folded_weight(
+            log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=False, dtype=acc
+        )
+        logdet = reference.logdet(log_scale, log_s, y.shape[0], y.shape[2] * y.shape[3], acc, False)
+    weight_c = weight.detach().contiguous()
+    backend = ACTNORM_INVCONV.select((x, weight_c, shift.detach()), _backends.requested(), "fwd")
+    grad_x, grad_weight, grad_shift = ACTNORM_INVCONV.call("bwd", grad_y.contiguous(), x, weight_c, backend=backend)
+    outputs, grads = [], []
+    for output, grad in ((weight, grad_weight), (shift, grad_shift), (logdet, grad_logdet)):
+        if grad is not None and output.requires_grad:
+            outputs.append(output)
+            grads.append(grad.to(output.dtype).expand_as(output))
+    if not (outputs and params):
+        return x, grad_x, [None] * len(params)
+    return x, grad_x, list(torch.autograd.grad(outputs, params, grads, allow_unused=True))
+
+
 def _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, inverse: bool) -> tuple[Tensor, Tensor]:
     if _backends.plain_reference():
         # The forced reference is the plain-PyTorch spec (ActNorm, then conv2d), differentiated by autograd.
