@@ -1,27 +1,41 @@
-"""Peak memory of one Glow training step, standard autograd against the memory-saving backprop.
+"""Peak memory and time of one Glow training step, standard autograd against the memory-saving backprop.
 
-``python -m bench.glow_memory [--depths 4,16] [--batch 16] [--hidden 128] [--device cpu]`` builds Glow on
-``3×32×32`` (``L = 3``), runs one step to initialise ActNorm and allocate the gradients and the optimiser state,
-then measures the next step (forward + backward + Adam update): the largest amount of memory allocated during
-it above what was live before (``bench.harness.peak_memory_bytes``: the CPU allocator's events seen by the
-profiler, or CUDA's peak statistics). Parameters, gradients and optimiser moments are live before the step and
-so not counted: what is left is the activations a step keeps for its backward, the part that grows with depth.
-Each measurement runs in a child process of its own, so that no allocation of another one is seen.
-Prints a table and one JSON line per configuration.
+``python -m bench.glow_memory [--depths 4,16] [--batch 16] [--hidden 128] [--rounds 9] [--device cpu]
+[--out bench/results]`` builds Glow on ``3×32×32`` (``L = 3``) for each depth ``K``.
+
+Memory: one step (forward + backward + Adam update) initialises ActNorm and allocates the gradients and the
+optimiser state, then the next step is measured: the largest amount of memory allocated during it above what
+was live before (``bench.harness.peak_memory_bytes``: the CPU allocator's events seen by the profiler, or CUDA's
+peak statistics). Parameters, gradients and optimiser moments are live before the step and so not counted: what
+is left is the activations a step keeps for its backward, the part that grows with depth. Each measurement runs
+in a child process of its own, so that no allocation of another one is seen.
+
+Time: the two models (the same weights) in one process, taking turns: each round runs one standard step, then one
+memory-saving step, on the next of three input batches; after two warm-up rounds, the median of each one's step
+times and the median of the rounds' ratios (a ratio within one round does not see this machine's drift between
+rounds). A step is what a user pays: the forward in bits/dim, the backward, Adam's update.
+
+Prints a table and writes ``<device>-<date>-glow-memory.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import statistics
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import torch
 
-from bench.harness import peak_memory_bytes
+from bench.harness import device_description, peak_memory_bytes, write_json_result
 
-__all__ = ["measure", "measure_in_child"]
+__all__ = ["measure", "measure_in_child", "time_steps"]
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def measure(
@@ -66,6 +80,52 @@ def measure(
     }
 
 
+def time_steps(depth: int, *, rounds: int = 9, batch: int = 16, hidden: int = 128, image_size: int = 32,
+               channels: int = 3, levels: int = 3, device: str = "cpu", seed: int = 0) -> dict:
+    """Median seconds of a standard and of a memory-saving Glow training step, taking turns, and the median of the
+    rounds' ratios (memory-saving / standard)."""
+    from fastflow.models import Glow
+
+    dev = torch.device(device)
+    models, optimizers = {}, {}
+    for efficient in (False, True):
+        torch.manual_seed(seed)
+        models[efficient] = Glow(channels, image_size, levels=levels, depth=depth, hidden_channels=hidden,
+                                 memory_efficient=efficient).to(dev)
+    generator = torch.Generator().manual_seed(seed + 1)
+    xs = [torch.randint(0, 256, (batch, channels, image_size, image_size), dtype=torch.uint8,
+                        generator=generator).to(dev) for _ in range(3)]
+    with torch.no_grad():  # ActNorm's initialisation, then the same weights in both
+        models[False].bits_per_dim(xs[0])
+    models[True].load_state_dict(models[False].state_dict())
+    for efficient, model in models.items():
+        optimizers[efficient] = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(efficient: bool, x: torch.Tensor) -> float:
+        model, optimizer = models[efficient], optimizers[efficient]
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        model.bits_per_dim(x).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - start
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for index in range(rounds + 2):
+        x = xs[index % len(xs)]
+        pair = {efficient: step(efficient, x) for efficient in (False, True)}
+        if index >= 2:
+            for efficient, seconds in pair.items():
+                times[efficient].append(seconds)
+    ratios = [e / s for s, e in zip(times[False], times[True], strict=True)]
+    return {"depth": depth, "rounds": rounds, "standard_s": statistics.median(times[False]),
+            "memory_saving_s": statistics.median(times[True]), "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
 def measure_in_child(depth: int, memory_efficient: bool, **options) -> dict:
     """:func:`measure` in a fresh Python process (nothing else allocated there); returns its result."""
     args = [sys.executable, "-m", "bench.glow_memory", "--child", "--depths", str(depth)]
@@ -83,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depths", default="4,16", help="comma-separated K (steps per level)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds per depth (0: memory only)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--memory-efficient", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -93,13 +155,27 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(depths[0], args.memory_efficient, **options)))
         return 0
     rows = [measure_in_child(depth, efficient, **options) for depth in depths for efficient in (False, True)]
-    print(f"Glow 3x32x32, L=3, batch {args.batch}, hidden {args.hidden}, {args.device}: peak MB of one training step")
-    print(f"{'K':>4} {'standard':>10} {'memory-saving':>14} {'ratio':>7}")
+    timings = {depth: time_steps(depth, rounds=args.rounds, **options) for depth in depths} if args.rounds else {}
+    slug, name = device_description(torch.device(args.device))
+    print(f"Glow 3x32x32, L=3, batch {args.batch}, hidden {args.hidden}, float32, {name}, "
+          f"{torch.get_num_threads()} thread(s): one training step")
+    print("| K | peak MB, standard | peak MB, memory-saving | ratio | ms, standard | ms, memory-saving | time ratio "
+          "(min-max) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for depth in depths:
         standard, efficient = (r["peak_bytes"] for r in rows if r["depth"] == depth)
-        print(f"{depth:>4} {standard / 2**20:>10.1f} {efficient / 2**20:>14.1f} {efficient / standard:>7.3f}")
-    for row in rows:
-        print(json.dumps(row))
+        line = f"| {depth} | {standard / 2**20:.1f} | {efficient / 2**20:.1f} | {efficient / standard:.3f} |"
+        if depth in timings:
+            t = timings[depth]
+            line += (f" {1e3 * t['standard_s']:.0f} | {1e3 * t['memory_saving_s']:.0f} | {t['ratio']:.3f} "
+                     f"({t['ratio_min']:.2f}-{t['ratio_max']:.2f}) |")
+        else:
+            line += " | | |"
+        print(line)
+    report = {"device": name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+              "threads": torch.get_num_threads(), "batch": args.batch, "hidden": args.hidden,
+              "memory": rows, "time": list(timings.values())}
+    write_json_result(args.out, slug, report["date"], "glow-memory", report)
     return 0
 
 

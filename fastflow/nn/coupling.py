@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from fastflow import ops
 from fastflow._checks import check_flow_input, check_int
+from fastflow.nn import conv_stack
 from fastflow.reference.coupling import CLAMP, checkerboard_mask
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "GlowConditioner", "MLPConditioner"]
@@ -44,7 +45,9 @@ class GlowConditioner(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        return self.net(_with_condition(x, cond, self.cond_channels))
+        x = _with_condition(x, cond, self.cond_channels)
+        # On CPUs, at the larger levels: channels-last, with fused convolution + ReLU without autograd.
+        return conv_stack.run(self.net, x) if conv_stack.applies(self.net, x) else self.net(x)
 
 
 class MLPConditioner(nn.Module):

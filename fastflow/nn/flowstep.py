@@ -10,8 +10,8 @@ step (the result is the same up to rounding).
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn.modules import module as _module
 
+from fastflow.nn._hooks import observed as _observed
 from fastflow.nn.actnorm import ActNorm
 from fastflow.nn.coupling import AdditiveCoupling, AffineCoupling
 from fastflow.nn.invconv import InvConv1x1
@@ -121,17 +121,3 @@ class _FusedActNormInvConv:
             return None
         x, grad_x, grads = found
         return x, grad_x, grads, None
-
-
-def _observed(layer: nn.Module) -> bool:
-    """Whether calling ``layer`` would run a hook (its own or a global one) that needs to see it run.
-
-    A hook marked ``tolerates_fusion = True`` (the trainer's non-finite guard: it watches whatever runs, and the
-    fused step's own hook sees the same values) does not count, so that the guard keeps the step fused.
-    """
-    hooks = (
-        layer._forward_hooks, layer._forward_pre_hooks, layer._backward_hooks, layer._backward_pre_hooks,
-        _module._global_forward_hooks, _module._global_forward_pre_hooks,
-        _module._global_backward_hooks, _module._global_backward_pre_hooks,
-    )
-    return any(not getattr(hook, "tolerates_fusion", False) for table in hooks for hook in table.values())
