@@ -28,7 +28,7 @@ def _close(found: torch.Tensor, expected: torch.Tensor) -> None:
 @pytest.mark.parametrize("size", [8, 16])
 def test_fast_path_equals_the_plain_stack(size):
     conditioner = _conditioner()
-    x = torch.randn(3, 6, size, size + 2).requires_grad_(True)
+    x = torch.randn(4, 6, size, size + 2).requires_grad_(True)
     assert conv_stack.applies(conditioner.net, x)
     with torch.no_grad():
         fused = conditioner(x)
@@ -47,7 +47,8 @@ def test_fast_path_stays_off_where_it_must():
     conditioner = _conditioner()
     x = torch.randn(2, 6, 16, 16)
     assert conv_stack.applies(conditioner.net, x)
-    assert not conv_stack.applies(conditioner.net, torch.randn(2, 6, 4, 4))  # too few pixels: NHWC is slower
+    assert not conv_stack.applies(conditioner.net, torch.randn(64, 6, 4, 4))  # too few pixels: NHWC is slower
+    assert not conv_stack.applies(conditioner.net, torch.randn(1, 6, 8, 8))  # too little work: the fixed cost loses
     assert not conv_stack.applies(conditioner.net.double(), x.double())
     conditioner.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -3,8 +3,10 @@
 On this CPU, oneDNN runs such a stack markedly faster on channels-last (NHWC) tensors than on NCHW ones at the
 level-1 shapes of a 32×32 Glow (16×16 pixels, 6 → 128 → 128 → 12 channels: the conditioner's forward and
 backward 23.2 → 14.2 ms, its forward without autograd 9.1 → 3.7 ms, batch 16, two threads), level at 8×8 and
-slower at 4×4 (``bench/glow_memory.py`` and the Glow case of ``bench/`` measure the whole step). So a stack whose
-input has at least :data:`MIN_PIXELS` pixels runs in channels-last; without autograd every convolution followed
+slower at 4×4 (``bench/glow_memory.py`` and the Glow case of ``bench/`` measure the whole step); with very little
+work (one 8×8 image) the fused call's fixed cost loses. So a stack whose input has at least :data:`MIN_PIXELS`
+pixels and :data:`MIN_POSITIONS` positions (batch × pixels) runs in channels-last; without autograd every
+convolution followed
 by a ReLU is one oneDNN call with the ReLU fused (``torch.ops.mkldnn._convolution_pointwise``), which also
 saves the ReLU's pass. The parameters keep their layout (``state_dict`` unchanged): the weights are restrided
 per call, a copy of a few KB. The result is returned contiguous (NCHW) and equals the plain stack's up to float
@@ -25,10 +27,13 @@ from torch import Tensor, nn
 from fastflow import _backends
 from fastflow.nn._hooks import observed
 
-__all__ = ["MIN_PIXELS", "applies", "run"]
+__all__ = ["MIN_PIXELS", "MIN_POSITIONS", "applies", "run"]
 
 #: Pixels per channel (H·W) from which channels-last pays on the CPU (16×16 and 8×8: yes; 4×4: no).
 MIN_PIXELS = 64
+#: Positions (B·H·W) from which it pays: one 16×16 image 1.07× (fused, no autograd), one 8×8 image 0.41×,
+#: sixteen 8×8 images 1.03× (and 1.35× with autograd).
+MIN_POSITIONS = 256
 
 
 def _fusable(module: nn.Module) -> bool:
@@ -41,7 +46,8 @@ def _fusable(module: nn.Module) -> bool:
 def applies(net: nn.Sequential, x: Tensor) -> bool:
     """Whether :func:`run` may compute ``net(x)`` (see the module docstring)."""
     return (
-        x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.shape[2] * x.shape[3] >= MIN_PIXELS
+        x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+        and x.shape[2] * x.shape[3] >= MIN_PIXELS and x.shape[0] * x.shape[2] * x.shape[3] >= MIN_POSITIONS
         and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling() and not _backends.plain_reference()
         and not observed(net) and all(_fusable(m) for m in net)
