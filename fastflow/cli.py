@@ -75,7 +75,7 @@ _MODEL_SWITCHES: dict[str, tuple[str, object, str]] = {
 _MODEL_CHOICES = {"coupling": ("affine", "additive"), "cell": ("lstm", "rnn")}
 _TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "optimizer", "warmup", "lr_decay", "weight_decay", "grad_clip",
                 "ema", "seed", "eval_every", "checkpoint_every", "keep", "log_every", "max_minutes", "precision",
-                "temperature", "num_samples", "device", "seq_len")
+                "temperature", "num_samples", "device", "seq_len", "compile")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=("fp32", "bf16"),
                        help="fp32 (default), or bf16: autocast with float32 master weights")
     train.add_argument("--device", choices=DEVICES, help="auto (default: cuda if there is a GPU), cpu or cuda")
+    train.add_argument("--compile", action="store_true", default=None,
+                       help="torch.compile the training step (fastflow's ops inside it; not with --memory-efficient)")
     train.add_argument("--eval-every", type=positive_int,
                        help="steps between evaluations and sample grids (default 250)")
     train.add_argument("--checkpoint-every", type=positive_int,

@@ -35,6 +35,8 @@ MIN_PIXELS = 64
 #: sixteen 8×8 images 1.03× (and 1.35× with autograd).
 MIN_POSITIONS = 256
 
+_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
 
 def _fusable(module: nn.Module) -> bool:
     if type(module) is nn.ReLU:
@@ -45,11 +47,12 @@ def _fusable(module: nn.Module) -> bool:
 
 def applies(net: nn.Sequential, x: Tensor) -> bool:
     """Whether :func:`run` may compute ``net(x)`` (see the module docstring)."""
+    if torch.compiler.is_compiling():  # first: nothing below is for dynamo to trace
+        return False
     return (
         x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
         and x.shape[2] * x.shape[3] >= MIN_PIXELS and x.shape[0] * x.shape[2] * x.shape[3] >= MIN_POSITIONS
-        and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling() and not _backends.plain_reference()
+        and _MKLDNN and not torch.is_autocast_enabled("cpu") and not _backends.plain_reference()
         and not observed(net) and all(_fusable(m) for m in net)
     )
 

@@ -91,6 +91,7 @@ class TrainConfig:
     temperature: float | None = None  # of the sample grids; None: 0.7 for flows, 1.0 (exact) for discrete models
     max_minutes: float | None = None  # stop (evaluation, samples, checkpoint) once this wall-clock budget is spent
     precision: str = "fp32"
+    compile: bool = False  # torch.compile the training step's forward (and so its backward), custom ops inside
     device: str = "auto"
     eval_batch_size: int = 500
     seq_len: int = 100  # text: characters per truncated back-propagation-through-time segment
@@ -114,6 +115,17 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if decay > 0:
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=decay, fused=fused)
     return torch.optim.Adam(params, lr=config.lr, fused=fused)
+
+
+def _compiled(objective: nn.Module, model: nn.Module) -> nn.Module:
+    """``torch.compile`` of the training objective: fastflow's ops are custom ops, which dynamo keeps in the graph
+    (a Glow or RealNVP step compiles without a graph break, ``tests/test_train.py``); the evaluations and samples
+    stay eager. The memory-saving backward is refused: it walks the layers calling ``torch.autograd.grad`` one
+    layer at a time, which dynamo does not trace (every level would break the graph)."""
+    if any(getattr(module, "memory_efficient", False) for module in model.modules()):
+        raise ValueError("--compile does not combine with --memory-efficient: the memory-saving backward calls "
+                         "torch.autograd.grad layer by layer, which torch.compile does not trace; drop one of them")
+    return torch.compile(objective)
 
 
 def _lr_factor(warmup: int, total: int, decay: str, step: int) -> float:
@@ -242,6 +254,8 @@ class Trainer:
         if context.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = DistributedDataParallel(self.objective, device_ids=ids)
+        if config.compile:
+            self.objective = _compiled(self.objective, model)
         self.optimizer = _optimizer(model, config)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, functools.partial(_lr_factor, max(1, config.warmup), self.total_steps, config.lr_decay))
