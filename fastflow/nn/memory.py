@@ -42,6 +42,10 @@ class _RebuildFromOutput(torch.autograd.Function):
         # Fresh outputs: a view of x (or an expanded log-determinant) must not leave this Function as a view.
         y = y.clone() if y is x or y._base is not None else y
         ctx.chain, ctx.cond, ctx.params = chain, cond, params
+        # The tensors the layers held as parameters in this forward: under torch.func.functional_call they are the
+        # caller's, swapped in for the call only, and the backward must re-run the layers with those.
+        ctx.bindings = [(module, name, p) for module in chain.modules() for name, p in module._parameters.items()
+                        if p is not None]
         # The backward re-runs the layers: under the forward's autocast, or they would compute in another dtype.
         ctx.autocast = [(device, torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
                         if torch.is_autocast_enabled(device)]
@@ -52,12 +56,17 @@ class _RebuildFromOutput(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor | None, grad_logdet: Tensor | None):
         (y,) = ctx.saved_tensors
         chain, cond, params = ctx.chain, ctx.cond, ctx.params
+        y = y.detach()
+        grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+        with _bound(ctx.bindings):
+            return _RebuildFromOutput._walk(ctx, chain, cond, params, y, grad_y, grad_logdet)
+
+    @staticmethod
+    def _walk(ctx, chain, cond, params, y, grad_y, grad_logdet):
         index = {id(p): i for i, p in enumerate(params)}
         grad_params: list[Tensor | None] = [None] * len(params)
         grad_cond = None
         cond_needs_grad = cond is not None and cond.requires_grad
-        y = y.detach()
-        grad_y = torch.zeros_like(y) if grad_y is None else grad_y
         parts = [part for layer in chain for part in _parts(layer)]
         for part in reversed(parts):
             part_params = [p for p in part.parameters() if id(p) in index]
@@ -76,6 +85,21 @@ class _RebuildFromOutput(torch.autograd.Function):
                 grad_cond = found_cond if grad_cond is None else grad_cond + found_cond
             y = x
         return (None, grad_cond, grad_y, *grad_params)
+
+
+@contextlib.contextmanager
+def _bound(bindings: list[tuple[nn.Module, str, Tensor]]):
+    """The parameters of ``bindings`` in their modules for the duration (those that were swapped out since, as
+    ``torch.func.functional_call`` does once its call returns), the modules' own afterwards."""
+    swapped = [(module, name, module._parameters.get(name), p) for module, name, p in bindings
+               if module._parameters.get(name) is not p]
+    for module, name, _, p in swapped:
+        module._parameters[name] = p
+    try:
+        yield
+    finally:
+        for module, name, current, _ in swapped:
+            module._parameters[name] = current
 
 
 def _parts(layer: nn.Module) -> list:
