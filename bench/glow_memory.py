@@ -13,7 +13,9 @@ in a child process of its own, so that no allocation of another one is seen.
 Time: the two models (the same weights) in one process, taking turns: each round runs one standard step, then one
 memory-saving step, on the next of three input batches; after two warm-up rounds, the median of each one's step
 times and the median of the rounds' ratios (a ratio within one round does not see this machine's drift between
-rounds). A step is what a user pays: the forward in bits/dim, the backward, Adam's update.
+rounds). A step is what a user pays: the forward in bits/dim, the backward, Adam's update. Each round also times
+the standard model's forward without autograd, what the memory-saving step adds at the least: its share of a
+standard step (median of the rounds) bounds the time ratio from below.
 
 Prints a table and writes ``<device>-<date>-glow-memory.json``.
 """
@@ -113,17 +115,31 @@ def time_steps(depth: int, *, rounds: int = 9, batch: int = 16, hidden: int = 12
             torch.cuda.synchronize(dev)
         return time.perf_counter() - start
 
+    def forward_alone(x: torch.Tensor) -> float:  # what the memory-saving step adds: a forward without autograd
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        with torch.no_grad():
+            models[False].bits_per_dim(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - start
+
     times: dict[bool, list[float]] = {False: [], True: []}
+    forwards: list[float] = []
     for index in range(rounds + 2):
         x = xs[index % len(xs)]
         pair = {efficient: step(efficient, x) for efficient in (False, True)}
+        forward = forward_alone(x)
         if index >= 2:
             for efficient, seconds in pair.items():
                 times[efficient].append(seconds)
+            forwards.append(forward)
     ratios = [e / s for s, e in zip(times[False], times[True], strict=True)]
     return {"depth": depth, "rounds": rounds, "standard_s": statistics.median(times[False]),
             "memory_saving_s": statistics.median(times[True]), "ratio": statistics.median(ratios),
-            "ratio_min": min(ratios), "ratio_max": max(ratios)}
+            "ratio_min": min(ratios), "ratio_max": max(ratios), "no_grad_forward_s": statistics.median(forwards),
+            "no_grad_forward_share": statistics.median(f / s for f, s in zip(forwards, times[False], strict=True))}
 
 
 def measure_in_child(depth: int, memory_efficient: bool, **options) -> dict:
@@ -160,17 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Glow 3x32x32, L=3, batch {args.batch}, hidden {args.hidden}, float32, {name}, "
           f"{torch.get_num_threads()} thread(s): one training step")
     print("| K | peak MB, standard | peak MB, memory-saving | ratio | ms, standard | ms, memory-saving | time ratio "
-          "(min-max) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+          "(min-max) | no-grad forward, of a standard step |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for depth in depths:
         standard, efficient = (r["peak_bytes"] for r in rows if r["depth"] == depth)
         line = f"| {depth} | {standard / 2**20:.1f} | {efficient / 2**20:.1f} | {efficient / standard:.3f} |"
         if depth in timings:
             t = timings[depth]
             line += (f" {1e3 * t['standard_s']:.0f} | {1e3 * t['memory_saving_s']:.0f} | {t['ratio']:.3f} "
-                     f"({t['ratio_min']:.2f}-{t['ratio_max']:.2f}) |")
+                     f"({t['ratio_min']:.2f}-{t['ratio_max']:.2f}) | {t['no_grad_forward_share']:.2f} |")
         else:
-            line += " | | |"
+            line += " | | | |"
         print(line)
     report = {"device": name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "threads": torch.get_num_threads(), "batch": args.batch, "hidden": args.hidden,
