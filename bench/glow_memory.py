@@ -103,34 +103,32 @@ def time_steps(depth: int, *, rounds: int = 9, batch: int = 16, hidden: int = 12
     for efficient, model in models.items():
         optimizers[efficient] = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def step(efficient: bool, x: torch.Tensor) -> float:
-        model, optimizer = models[efficient], optimizers[efficient]
+    def timed(call, *args) -> float:
+        """Seconds of ``call(*args)``, the device's queue drained before and after."""
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         start = time.perf_counter()
-        model.bits_per_dim(x).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        call(*args)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return time.perf_counter() - start
 
-    def forward_alone(x: torch.Tensor) -> float:  # what the memory-saving step adds: a forward without autograd
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
+    def train_step(efficient: bool, x: torch.Tensor) -> None:
+        model, optimizer = models[efficient], optimizers[efficient]
+        model.bits_per_dim(x).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def forward_alone(x: torch.Tensor) -> None:  # what the memory-saving step adds: a forward without autograd
         with torch.no_grad():
             models[False].bits_per_dim(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return time.perf_counter() - start
 
     times: dict[bool, list[float]] = {False: [], True: []}
     forwards: list[float] = []
     for index in range(rounds + 2):
         x = xs[index % len(xs)]
-        pair = {efficient: step(efficient, x) for efficient in (False, True)}
-        forward = forward_alone(x)
+        pair = {efficient: timed(train_step, efficient, x) for efficient in (False, True)}
+        forward = timed(forward_alone, x)
         if index >= 2:
             for efficient, seconds in pair.items():
                 times[efficient].append(seconds)

@@ -6,9 +6,8 @@ backward 23.2 → 14.2 ms, its forward without autograd 9.1 → 3.7 ms, batch 16
 slower at 4×4 (``bench/glow_memory.py`` and the Glow case of ``bench/`` measure the whole step); with very little
 work (one 8×8 image) the fused call's fixed cost loses. So a stack whose input has at least :data:`MIN_PIXELS`
 pixels and :data:`MIN_POSITIONS` positions (batch × pixels) runs in channels-last; without autograd every
-convolution followed
-by a ReLU is one oneDNN call with the ReLU fused (``torch.ops.mkldnn._convolution_pointwise``), which also
-saves the ReLU's pass. The parameters keep their layout (``state_dict`` unchanged): the weights are restrided
+convolution followed by a ReLU is one oneDNN call with the ReLU fused (``torch.ops.mkldnn._convolution_pointwise``),
+which also saves the ReLU's pass. The parameters keep their layout (``state_dict`` unchanged): the weights are restrided
 per call, a copy of a few KB. The result is returned contiguous (NCHW) and equals the plain stack's up to float
 rounding (another summation order).
 
@@ -39,10 +38,9 @@ _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_c
 
 
 def _fusable(module: nn.Module) -> bool:
-    if type(module) is nn.ReLU:
-        return not observed(module)
-    return (type(module) is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str)
-            and not observed(module))
+    plain_conv = (type(module) is nn.Conv2d and module.padding_mode == "zeros"
+                  and not isinstance(module.padding, str))
+    return (plain_conv or type(module) is nn.ReLU) and not observed(module)
 
 
 def applies(net: nn.Sequential, x: Tensor) -> bool:

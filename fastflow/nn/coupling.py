@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fastflow import ops
+from fastflow._autograd import vjp
 from fastflow._checks import check_flow_input, check_int
 from fastflow.nn import conv_stack
 from fastflow.reference.coupling import CLAMP, checkerboard_mask
@@ -201,12 +202,8 @@ class _Coupling(nn.Module):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             y_again, logdet = self._transform(x, h, inverse=self.forward_is_inverse)
-            outputs, grads = [y_again], [grad_y]
-            if grad_logdet is not None and isinstance(logdet, Tensor) and logdet.requires_grad:
-                outputs.append(logdet)
-                grads.append(grad_logdet.to(logdet.dtype).expand_as(logdet))
             inputs = [x, x_a, *params] + ([cond] if cond_needs_grad else [])
-            found = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+            found = vjp([(y_again, grad_y), (logdet, grad_logdet)], inputs)
         grad_x = found[0] if found[0] is not None else torch.zeros_like(x)
         if found[1] is not None:
             grad_x = self._conditioner_input_backward(grad_x, found[1])

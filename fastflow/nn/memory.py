@@ -24,6 +24,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
+from fastflow._autograd import vjp
 from fastflow._checks import check_floating
 from fastflow.nn.container import FlowSequential
 from fastflow.reference.numerics import accumulation_dtype
@@ -35,7 +36,7 @@ class _RebuildFromOutput(torch.autograd.Function):
     """``(y, logdet) = chain(x)`` storing only ``y``; gradients for ``x``, ``cond`` and every parameter."""
 
     @staticmethod
-    def forward(ctx, chain: InvertibleSequential, cond: Tensor | None, x: Tensor, *params: Tensor):
+    def forward(ctx, chain: InvertibleSequential, cond: Tensor | None, bindings: list, x: Tensor, *params: Tensor):
         y, logdet = FlowSequential.forward(chain, x, cond)
         if not isinstance(logdet, Tensor):  # a chain of no layers
             logdet = torch.zeros(x.shape[0], dtype=accumulation_dtype(x.dtype), device=x.device)
@@ -44,8 +45,7 @@ class _RebuildFromOutput(torch.autograd.Function):
         ctx.chain, ctx.cond, ctx.params = chain, cond, params
         # The tensors the layers held as parameters in this forward: under torch.func.functional_call they are the
         # caller's, swapped in for the call only, and the backward must re-run the layers with those.
-        ctx.bindings = [(module, name, p) for module in chain.modules() for name, p in module._parameters.items()
-                        if p is not None]
+        ctx.bindings = bindings
         # The backward re-runs the layers: under the forward's autocast, or they would compute in another dtype.
         ctx.autocast = [(device, torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
                         if torch.is_autocast_enabled(device)]
@@ -84,7 +84,7 @@ class _RebuildFromOutput(torch.autograd.Function):
             if found_cond is not None:
                 grad_cond = found_cond if grad_cond is None else grad_cond + found_cond
             y = x
-        return (None, grad_cond, grad_y, *grad_params)
+        return (None, grad_cond, None, grad_y, *grad_params)
 
 
 @contextlib.contextmanager
@@ -122,12 +122,8 @@ def _rebuild_backward(layer, y: Tensor, cond: Tensor | None, grad_y: Tensor, gra
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         y_again, logdet = layer(x, cond)
-        outputs, grads = [y_again], [grad_y]
-        if grad_logdet is not None and isinstance(logdet, Tensor) and logdet.requires_grad:
-            outputs.append(logdet)
-            grads.append(grad_logdet.to(logdet.dtype).expand_as(logdet))
         inputs = [x, *params] + ([cond] if cond_needs_grad else [])
-        found = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+        found = vjp([(y_again, grad_y), (logdet, grad_logdet)], inputs)
     grad_x = found[0] if found[0] is not None else torch.zeros_like(x)
     return x.detach(), grad_x, list(found[1 : 1 + len(params)]), found[-1] if cond_needs_grad else None
 
@@ -155,8 +151,12 @@ class InvertibleSequential(FlowSequential):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_floating("x", x)
-        params = tuple(p for p in self.parameters() if p.requires_grad)
+        # (module, name, tensor) of every parameter, and those that require grad once each (self.parameters()'s
+        # order): one walk over the modules for both.
+        bindings = [(module, name, p) for module in self.modules() for name, p in module._parameters.items()
+                    if p is not None]
+        params = tuple({id(p): p for _, _, p in bindings if p.requires_grad}.values())
         wants_grad = x.requires_grad or bool(params) or (cond is not None and cond.requires_grad)
         if not (self.memory_efficient and torch.is_grad_enabled() and wants_grad):
             return super().forward(x, cond)
-        return _RebuildFromOutput.apply(self, cond, x, *params)
+        return _RebuildFromOutput.apply(self, cond, bindings, x, *params)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from fastflow import _backends
+from fastflow._autograd import vjp
 from fastflow._checks import check_floating, check_once, permutation_problem, values_readable
 from fastflow.ops.declaration import EXTENSION, FLOATS, Autograd, Implementation, Op, Stage
 from fastflow.reference import actnorm_invconv as reference
@@ -258,14 +259,7 @@ def actnorm_invconv_rebuild_backward(
     weight_c = weight.detach().contiguous()
     backend = ACTNORM_INVCONV.select((x, weight_c, shift.detach()), _backends.requested(), "fwd")
     grad_x, grad_weight, grad_shift = ACTNORM_INVCONV.call("bwd", grad_y.contiguous(), x, weight_c, backend=backend)
-    outputs, grads = [], []
-    for output, grad in ((weight, grad_weight), (shift, grad_shift), (logdet, grad_logdet)):
-        if grad is not None and output.requires_grad:
-            outputs.append(output)
-            grads.append(grad.to(output.dtype).expand_as(output))
-    if not (outputs and params):
-        return x, grad_x, [None] * len(params)
-    return x, grad_x, list(torch.autograd.grad(outputs, params, grads, allow_unused=True))
+    return x, grad_x, vjp([(weight, grad_weight), (shift, grad_shift), (logdet, grad_logdet)], params)
 
 
 def _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, inverse: bool) -> tuple[Tensor, Tensor]:
