@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from fastflow import _backends
-from fastflow._autograd import vjp
 from fastflow._checks import check_floating, check_once, permutation_problem, values_readable
+from fastflow.ops import lu_fold
 from fastflow.ops.declaration import EXTENSION, FLOATS, Autograd, Implementation, Op, Stage
 from fastflow.reference import actnorm_invconv as reference
 from fastflow.reference.numerics import accumulation_dtype
@@ -251,15 +251,19 @@ def actnorm_invconv_rebuild_backward(
     with torch.no_grad():
         x, _ = _run(y, log_scale, bias, lower, upper, log_s, perm, sign_s, True)
     acc = accumulation_dtype(y.dtype)
-    with torch.enable_grad(), torch.autocast(y.device.type, enabled=False):
-        weight, shift = reference.folded_weight(
-            log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=False, dtype=acc
-        )
-        logdet = reference.logdet(log_scale, log_s, y.shape[0], y.shape[2] * y.shape[3], acc, False)
-    weight_c = weight.detach().contiguous()
-    backend = ACTNORM_INVCONV.select((x, weight_c, shift.detach()), _backends.requested(), "fwd")
+    with torch.autocast(y.device.type, enabled=False):
+        weight, shift, w_lu, l_unit, u_prime = lu_fold.fold(log_scale, bias, lower, upper, log_s, perm, sign_s, acc)
+    weight_c = weight.contiguous()
+    backend = ACTNORM_INVCONV.select((x, weight_c, shift), _backends.requested(), "fwd")
     grad_x, grad_weight, grad_shift = ACTNORM_INVCONV.call("bwd", grad_y.contiguous(), x, weight_c, backend=backend)
-    return x, grad_x, vjp([(weight, grad_weight), (shift, grad_shift), (logdet, grad_logdet)], params)
+    # The parameters' gradients through the C×C algebra, written out (lu_fold.fold_backward): no graph to record.
+    found = lu_fold.fold_backward(grad_weight, grad_shift, grad_logdet, y.shape[2] * y.shape[3], weight, w_lu,
+                                  l_unit, u_prime, perm, log_scale, bias)
+    by_tensor = {id(t): g for t, g in zip((log_scale, bias, lower, upper, log_s), found, strict=True) if t is not None}
+    if any(id(p) not in by_tensor for p in params):
+        raise RuntimeError("actnorm_invconv_rebuild_backward: params must be among log_scale, bias, lower, upper and "
+                           "log_s (the same tensors)")
+    return x, grad_x, [None if by_tensor[id(p)] is None else by_tensor[id(p)].to(p.dtype) for p in params]
 
 
 def _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, inverse: bool) -> tuple[Tensor, Tensor]:
@@ -269,11 +273,20 @@ def _run(x, log_scale, bias, lower, upper, log_s, perm, sign_s, inverse: bool) -
             x, log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=bool(inverse)
         )
     acc = accumulation_dtype(x.dtype)
+    pixels = x.shape[2] * x.shape[3]
     # The C×C algebra stays in float32 under autocast: W is the flow's invertible map, not a bulk product.
     with torch.autocast(x.device.type, enabled=False):
-        weight, shift = reference.folded_weight(
-            log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=bool(inverse), dtype=acc
-        )
+        if not inverse and not torch.compiler.is_compiling():
+            # One autograd node for the fold and the log-determinant (under torch.compile, the plain algebra:
+            # inductor fuses it).
+            weight, shift, logdet = lu_fold.folded_weight_and_logdet(
+                log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, dtype=acc, batch=x.shape[0],
+                pixels=pixels,
+            )
+        else:
+            weight, shift = reference.folded_weight(
+                log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s, inverse=bool(inverse), dtype=acc
+            )
+            logdet = reference.logdet(log_scale, log_s, x.shape[0], pixels, acc, bool(inverse))
     y = ACTNORM_INVCONV.call("fwd", x, weight.contiguous(), shift.contiguous())
-    pixels = x.shape[2] * x.shape[3]
-    return y, reference.logdet(log_scale, log_s, x.shape[0], pixels, acc, bool(inverse))
+    return y, logdet
