@@ -199,6 +199,15 @@ class _Coupling(nn.Module):
             h = self._conditioner_output(x_a, cond, y)
         with torch.no_grad():
             x, _ = self._transform(y, h.detach(), inverse=not self.forward_is_inverse)
+        # The op's own backward on the rebuilt input where the layer has one (no second coupling pass).
+        found = self._transform_backward(x, y, h.detach(), grad_y, grad_logdet)
+        if found is not None:
+            grad_x, grad_h = found
+            inputs = [x_a, *params] + ([cond] if cond_needs_grad else [])
+            grads = vjp([(h, grad_h)], inputs)
+            if grads[0] is not None:
+                grad_x = self._conditioner_input_backward(grad_x, grads[0])
+            return x, grad_x, list(grads[1 : 1 + len(params)]), grads[-1] if cond_needs_grad else None
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             y_again, logdet = self._transform(x, h, inverse=self.forward_is_inverse)
@@ -208,6 +217,12 @@ class _Coupling(nn.Module):
         if found[1] is not None:
             grad_x = self._conditioner_input_backward(grad_x, found[1])
         return x.detach(), grad_x, list(found[2 : 2 + len(params)]), found[-1] if cond_needs_grad else None
+
+    def _transform_backward(self, x: Tensor, y: Tensor, h: Tensor, grad_y: Tensor,
+                            grad_logdet: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """``(∂L/∂x, ∂L/∂h)`` of the layer's forward ``x → y`` given ``h``, from the op's backward called directly;
+        None where the layer has none (the caller then differentiates a re-run of :meth:`_transform`)."""
+        return None
 
     def _conditioner_input_backward(self, grad_x: Tensor, grad_x_a: Tensor) -> Tensor:
         """``grad_x`` plus the gradient ``grad_x_a`` of :meth:`_conditioner_input`'s output taken back through it
@@ -270,6 +285,21 @@ class AffineCoupling(_Coupling):
             x, h[:, 1::2], h[:, 0::2], mask=self.mask, scale=self.scale, flip=self.flip, inverse=inverse,
             clamp=self.clamp,
         )
+
+    def _transform_backward(self, x: Tensor, y: Tensor, h: Tensor, grad_y: Tensor,
+                            grad_logdet: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        # The kernel's z: the op's input in the forward direction, its output where the layer's forward is the
+        # op's inverse (Split).
+        inverse = self.forward_is_inverse
+        found = ops.coupling.affine_coupling_backward(
+            y if inverse else x, h[:, 1::2], grad_y, grad_logdet, mask=self.mask, scale=self.scale, flip=self.flip,
+            inverse=inverse, clamp=self.clamp,
+        )
+        if found is None:
+            return None
+        grad_x, grad_raw, grad_shift = found
+        # h interleaves (h_t, h_s) channel by channel: h_t = h[:, 0::2], h_s = h[:, 1::2].
+        return grad_x, torch.stack((grad_shift, grad_raw), dim=2).flatten(1, 2)
 
 
 

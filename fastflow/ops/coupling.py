@@ -246,6 +246,39 @@ def affine_coupling(
     return y.view(x.shape), logdet
 
 
+def affine_coupling_backward(
+    z: Tensor,
+    raw_scale: Tensor,
+    grad_y: Tensor,
+    grad_logdet: Tensor | None,
+    *,
+    mask: str = "channel",
+    scale: str = "sigmoid",
+    flip: bool = False,
+    inverse: bool = False,
+    clamp: float = reference.CLAMP,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The backward of :func:`affine_coupling` called directly, without a recorded forward (the memory-saving
+    walk's, ``fastflow.nn.coupling``): ``(∂L/∂x, ∂L/∂raw_scale, ∂L/∂shift)``, or None under the forced plain
+    reference (whose caller then differentiates the plain forward).
+
+    ``z``: the forward call's input ``x`` (``inverse=False``) or its output (``inverse=True``), the kernel
+    contract's ``z``; ``raw_scale`` as given to that call; ``grad_y`` shaped like ``z``; ``grad_logdet`` ``[B]`` or
+    None (zero). Arguments are those of the forward call, which checked them."""
+    if _backends.plain_reference():
+        return None
+    canonical_z = _canonical(z, mask)
+    if grad_logdet is None:
+        grad_logdet = torch.zeros(z.shape[0], dtype=accumulation_dtype(z.dtype), device=z.device)
+    args = (_canonical(grad_y.to(z.dtype), mask), grad_logdet.to(accumulation_dtype(z.dtype)), canonical_z,
+            _canonical(raw_scale, mask), MASK_CODES[mask], SCALE_CODES[scale], bool(flip), bool(inverse),
+            float(clamp))
+    # The backend the forward call ran on (the choice is cached per device and dtype).
+    backend = COUPLING.select((canonical_z, args[3], args[3], *args[4:]), _backends.requested(), "fwd")
+    grad_x, grad_raw, grad_shift = COUPLING.call("bwd", *args, backend=backend)
+    return grad_x.view(z.shape), grad_raw.view(raw_scale.shape), grad_shift.view(raw_scale.shape)
+
+
 def additive_coupling(
     x: Tensor,
     shift: Tensor,
