@@ -5,7 +5,7 @@ Public surface: ``nn`` (drop-in layers), ``models``, ``ops`` (functional fused o
 Importing fastflow never probes a device and never fails because a kernel backend is missing.
 """
 
-__version__ = "0.9.0"
+__version__ = "0.9.1"
 
 from fastflow import (
     data,  # noqa: E402
