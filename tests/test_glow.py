@@ -246,3 +246,24 @@ def test_hooks_on_actnorm_and_invconv_fire_inside_a_flow_step():
     torch.testing.assert_close(logdet, fused_logdet, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x_back, x, rtol=1e-4, atol=1e-4)
     assert step._fused()  # the hooks are gone: fused again
+
+
+def test_glow_floor_records_every_conditioner_and_counts_its_flops():
+    """``bench.glow_floor``: one step's conditioner calls (every coupling's ``GlowConditioner`` and every prior's
+    convolution, in order, with their shapes) and the FLOPs of their convolutions (2·k²·C_in·C_out per output
+    position forward, three times that with the backward)."""
+    from bench import glow_floor
+    from fastflow.nn.coupling import GlowConditioner
+    from fastflow.nn.zeroconv import ZeroConv2d
+
+    torch.manual_seed(0)
+    model = Glow(3, 8, levels=2, depth=2, hidden_channels=4)
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    calls = glow_floor.conditioner_calls(model, lambda: model.bits_per_dim(x).mean().backward())
+    assert [type(m) for m, _, _ in calls] == [GlowConditioner] * 2 + [ZeroConv2d] + [GlowConditioner] * 2
+    assert [tuple(s) for _, s, _ in calls] == [(2, 6, 4, 4)] * 2 + [(2, 6, 4, 4)] + [(2, 12, 2, 2)] * 2
+    assert not any(m._forward_hooks for m in model.modules())  # the recording hooks are gone
+    per_position = {6: 2 * (9 * 6 * 4 + 4 * 4 + 9 * 4 * 12), 12: 2 * (9 * 12 * 4 + 4 * 4 + 9 * 4 * 24)}
+    # Level 1: two couplings and the prior on 2 × 4 × 4 positions; level 2: two couplings on 2 × 2 × 2.
+    expected = 3 * (2 * 32 * per_position[6] + 32 * 2 * 9 * 6 * 12 + 2 * 8 * per_position[12])
+    assert glow_floor.convolution_flops(calls) == expected
