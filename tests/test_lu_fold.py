@@ -67,3 +67,17 @@ def test_fold_backward_matches_the_function():
     want = torch.autograd.grad(outs, [log_scale, bias, lower, upper, log_s], [g_w, g_b, g_l])
     for a, b in zip(direct, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_fold_second_derivatives_by_gradgradcheck():
+    """A double backward (``create_graph=True``) differentiates the reference algebra, not the written-out product
+    (which would hide its dependence on the parameters and give wrong second derivatives silently)."""
+    log_scale, bias, lower, upper, log_s, perm, sign_s = _params(4, torch.float64, True, seed=5)
+
+    def fn(log_scale, bias, lower, upper, log_s):
+        return lu_fold.folded_weight_and_logdet(log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s,
+                                                dtype=torch.float64, batch=2, pixels=3)
+
+    inputs = (log_scale, bias, lower, upper, log_s)
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)

@@ -75,18 +75,38 @@ class _Fold(torch.autograd.Function):
         total = log_s.to(dtype).sum()
         if log_scale is not None:
             total = total + log_scale.to(dtype).sum()
-        ctx.save_for_backward(weight, w_lu, l_unit, u_prime, perm, log_scale, bias)
-        ctx.pixels = pixels
-        ctx.dtypes = tuple(None if t is None else t.dtype for t in (log_scale, bias, lower, upper, log_s))
+        ctx.save_for_backward(weight, w_lu, l_unit, u_prime, perm, sign_s, log_scale, bias, lower, upper, log_s)
+        ctx.sizes = (dtype, batch, pixels)
         return weight, shift, (total * pixels).expand(batch)
 
     @staticmethod
     def backward(ctx, grad_weight, grad_shift, grad_logdet):
-        weight, w_lu, l_unit, u_prime, perm, log_scale, bias = ctx.saved_tensors
-        grads = fold_backward(grad_weight, grad_shift, grad_logdet, ctx.pixels, weight, w_lu, l_unit, u_prime,
-                              perm, log_scale, bias)
-        cast = [None if g is None else g.to(d) for g, d in zip(grads, ctx.dtypes, strict=True)]
+        weight, w_lu, l_unit, u_prime, perm, sign_s, log_scale, bias, lower, upper, log_s = ctx.saved_tensors
+        inputs = (log_scale, bias, lower, upper, log_s)
+        dtype, batch, pixels = ctx.sizes
+        if torch.is_grad_enabled():
+            # create_graph=True (a double backward): the written-out product would hide its own dependence on the
+            # parameters, so differentiate the reference algebra re-run from them instead.
+            grads = _reference_backward(inputs, perm, sign_s, dtype, batch, pixels,
+                                        (grad_weight, grad_shift, grad_logdet), ctx.needs_input_grad[:5])
+        else:
+            grads = fold_backward(grad_weight, grad_shift, grad_logdet, pixels, weight, w_lu, l_unit, u_prime,
+                                  perm, log_scale, bias)
+        cast = [None if g is None or t is None else g.to(t.dtype) for g, t in zip(grads, inputs, strict=True)]
         return (*cast, None, None, None, None, None)
+
+
+def _reference_backward(inputs, perm, sign_s, dtype, batch, pixels, grads, needed):
+    from fastflow.reference import actnorm_invconv as reference
+
+    log_scale, bias, lower, upper, log_s = inputs
+    with torch.enable_grad():
+        weight, shift = reference.folded_weight(log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s,
+                                                dtype=dtype)
+        logdet = reference.logdet(log_scale, log_s, batch, pixels, dtype)
+        wanted = [t for t, need in zip(inputs, needed, strict=True) if t is not None and need]
+        found = iter(torch.autograd.grad((weight, shift, logdet), wanted, grads, create_graph=True, allow_unused=True))
+    return tuple(next(found) if t is not None and need else None for t, need in zip(inputs, needed, strict=True))
 
 
 def folded_weight_and_logdet(log_scale: Tensor | None, bias: Tensor | None, lower: Tensor, upper: Tensor,
