@@ -156,17 +156,20 @@ def test_functional_call_gets_the_gradients_of_the_tensors_it_passes():
 
 
 @pytest.mark.parametrize("mask", ["channel", "checkerboard"])
-@pytest.mark.parametrize("scale", ["sigmoid", "exp"])
+@pytest.mark.parametrize("scale", ["sigmoid", "exp", "additive"])
 @pytest.mark.parametrize("spatial", [True, False])
 def test_coupling_rebuild_by_its_backward_kernel(mask, scale, spatial):
     """The couplings' walk calls the op's backward directly on the rebuilt input (no second coupling pass): every
-    mask, scale, flip, images and vectors, against standard autograd in float64."""
-    from fastflow.nn import AffineCoupling, InvertibleSequential
+    mask, scale (and the additive coupling), flip, images and vectors, against standard autograd in float64."""
+    from fastflow.nn import AdditiveCoupling, AffineCoupling, InvertibleSequential
+
+    def layer(k: int):
+        options = dict(hidden_channels=5, mask=mask, flip=bool(k % 2), spatial=spatial)
+        return AdditiveCoupling(6, **options) if scale == "additive" else AffineCoupling(6, scale=scale, **options)
 
     def build(memory_efficient: bool) -> InvertibleSequential:
         torch.manual_seed(0)
-        layers = [AffineCoupling(6, hidden_channels=5, mask=mask, scale=scale, flip=bool(k % 2), spatial=spatial)
-                  for k in range(3)]
+        layers = [layer(k) for k in range(3)]
         chain = InvertibleSequential(*layers, memory_efficient=memory_efficient).double()
         with torch.no_grad():
             for p in chain.parameters():

@@ -330,3 +330,8 @@ class AdditiveCoupling(_Coupling):
     def _transform(self, x: Tensor, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         return ops.additive_coupling(x, h, mask=self.mask, flip=self.flip, inverse=inverse)
 
+    def _transform_backward(self, x: Tensor, y: Tensor, h: Tensor, grad_y: Tensor,
+                            grad_logdet: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        return ops.coupling.additive_coupling_backward(grad_y, mask=self.mask, flip=self.flip,
+                                                       inverse=self.forward_is_inverse)
+

@@ -279,6 +279,18 @@ def affine_coupling_backward(
     return grad_x.view(z.shape), grad_raw.view(raw_scale.shape), grad_shift.view(raw_scale.shape)
 
 
+def additive_coupling_backward(
+    grad_y: Tensor, *, mask: str = "channel", flip: bool = False, inverse: bool = False
+) -> tuple[Tensor, Tensor] | None:
+    """The backward of :func:`additive_coupling` called directly (the memory-saving walk's): ``(∂L/∂x, ∂L/∂shift)``
+    — the identity and ``±`` the transformed part of ``grad_y`` — or None under the forced plain reference."""
+    if _backends.plain_reference():
+        return None
+    part = _transformed_part(_canonical(grad_y, mask), MASK_CODES[mask], bool(flip))
+    shape = _expected_param_shape(grad_y, mask)
+    return grad_y, (-part if inverse else part).reshape(shape)
+
+
 def additive_coupling(
     x: Tensor,
     shift: Tensor,
