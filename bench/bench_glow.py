@@ -6,7 +6,8 @@ backward alone. The model with fastflow's fused ops (each backend) against the s
 ``torch.compile`` of that; ``memory-saving`` is fastflow's model with ``memory_efficient=True`` (the same weights,
 the automatic backend choice, eager: ``torch.compile`` does not trace its backward), whose peak memory the reports
 give beside the others'. Parameters are the case's inputs (``torch.func.functional_call``), so that the
-gradients of every one of them are computed, as in training.
+gradients of every one of them are computed, as in training. On GPUs Glow's CIFAR-10 configuration also runs in
+bf16 under ``torch.autocast`` (float32 parameters and flow state, as ``fastflow train --precision bf16``).
 """
 
 from __future__ import annotations
@@ -77,27 +78,35 @@ def _glow_inputs(config, device, dtype, generator) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def _glow_step(config, memory_efficient=False, **inputs) -> torch.Tensor:
+def _glow_step(config, memory_efficient=False, autocast=None, **inputs) -> torch.Tensor:
     u = inputs.pop("u")
     # Built by _glow_inputs (the memory-saving one at its first call, eager): only the lookup is traced.
     loss = _MODELS[(config, u.device, False)] if not memory_efficient else _glow(config, u.device, True)
-    return torch.func.functional_call(loss, inputs, (u,))
+    if autocast is None:
+        return torch.func.functional_call(loss, inputs, (u,))
+    # Mixed precision as `fastflow train --precision bf16` runs it: the parameters and the flow's state stay float32.
+    with torch.autocast(u.device.type, dtype=autocast):
+        return torch.func.functional_call(loss, inputs, (u,)).float()
 
 
-def make_glow_case(config: tuple, expected_s: dict[str, float], *, quick: bool = False) -> Case:
+def make_glow_case(config: tuple, expected_s: dict[str, float], *, quick: bool = False,
+                   autocast: torch.dtype | None = None) -> Case:
     """A Glow step of ``config`` = ``(batch, channels, size, levels, depth, hidden)``; ``expected_s``: the time
-    budget's guess of each mode's seconds before a Glow group has run (``Case.expected_s``)."""
+    budget's guess of each mode's seconds before a Glow group has run (``Case.expected_s``); ``autocast``: a
+    low-precision dtype to run the step under ``torch.autocast`` (float32 parameters), e.g. ``torch.bfloat16``."""
     batch, channels, size, levels, depth, hidden = config
-    step = functools.partial(_glow_step, config)
+    step = functools.partial(_glow_step, config, autocast=autocast)
+    precision = {None: "f32", torch.bfloat16: "bf16-autocast", torch.float16: "f16-autocast"}[autocast]
     return Case(
         op="glow",
-        name=f"B{batch}x{channels}x{size}x{size}-L{levels}-K{depth}-h{hidden}-f32",
+        name=f"B{batch}x{channels}x{size}x{size}-L{levels}-K{depth}-h{hidden}-{precision}",
         make_inputs=functools.partial(_glow_inputs, config),
         fns={"reference": step, "fastflow": step,
-             "memory-saving": functools.partial(_glow_step, config, True)},
+             "memory-saving": functools.partial(_glow_step, config, True, autocast)},
         bytes={},
         quick=quick,
-        params={"batch": batch, "image": [channels, size, size], "levels": levels, "depth": depth, "hidden": hidden},
+        params={"batch": batch, "image": [channels, size, size], "levels": levels, "depth": depth, "hidden": hidden,
+                "precision": precision},
         contexts={"reference": _reference_backend, "compile": _reference_backend},
         uses=("actnorm_invconv", "coupling"),
         # After every op case: compiling a whole model (compile and fastflow+compile) takes minutes.
@@ -121,7 +130,10 @@ def glow_cases(device: torch.device) -> list[Case]:
     if device.type == "cuda":
         # Glow's CIFAR-10 configuration (Kingma & Dhariwal: L = 3, K = 32, 512 hidden channels; batch 64), and a
         # smaller one.
-        return [make_glow_case((64, 3, 32, 3, 32, 512), GPU_CIFAR_EXPECTED_S, quick=True),
+        # bf16 under autocast next (issue 13's GPU targets are for both), then the small one.
+        cifar = (64, 3, 32, 3, 32, 512)
+        return [make_glow_case(cifar, GPU_CIFAR_EXPECTED_S, quick=True),
+                make_glow_case(cifar, GPU_CIFAR_EXPECTED_S, quick=True, autocast=torch.bfloat16),
                 make_glow_case((64, 3, 32, 3, 8, 128), GPU_SMALL_EXPECTED_S)]
     # Batch 16, hidden 128, K = 8 (quick), 16 (issue 13's acceptance configuration) and 32.
     return [make_glow_case((16, 3, 32, 3, 8, 128), CPU_EXPECTED_S, quick=True),

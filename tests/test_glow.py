@@ -267,3 +267,19 @@ def test_glow_floor_records_every_conditioner_and_counts_its_flops():
     # Level 1: two couplings and the prior on 2 × 4 × 4 positions; level 2: two couplings on 2 × 2 × 2.
     expected = 3 * (2 * 32 * per_position[6] + 32 * 2 * 9 * 6 * 12 + 2 * 8 * per_position[12])
     assert glow_floor.convolution_flops(calls) == expected
+
+
+def test_bench_glow_case_under_bf16_autocast():
+    """The Glow bench case's bf16 variant (run on GPUs) computes the same bits/dim as float32 to bf16's precision
+    for every provider function, eager here on the CPU, and names its precision."""
+    from bench import bench_glow
+
+    config = (2, 3, 32, 2, 1, 8)
+    cases = {dtype: bench_glow.make_glow_case(config, {}, autocast=dtype) for dtype in (None, torch.bfloat16)}
+    assert cases[None].name.endswith("-f32") and cases[torch.bfloat16].name.endswith("-bf16-autocast")
+    inputs = cases[None].make_inputs(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0))
+    expected = cases[None].fns["fastflow"](**dict(inputs)).item()
+    for name, fn in cases[torch.bfloat16].fns.items():
+        loss = fn(**dict(inputs))
+        assert loss.dtype == torch.float32 and math.isfinite(loss.item()), name
+        assert abs(loss.item() - expected) < 0.02 * abs(expected), (name, loss.item(), expected)
