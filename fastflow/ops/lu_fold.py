@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastflow.reference import actnorm_invconv as reference
+
 __all__ = ["fold", "fold_backward", "folded_weight_and_logdet"]
 
 
@@ -29,11 +31,9 @@ def fold(log_scale: Tensor | None, bias: Tensor | None, lower: Tensor, upper: Te
          sign_s: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(W' [C, C], b' [C], W_lu, L_unit, U')`` in ``dtype``, without autograd (the last three for the backward)."""
     with torch.no_grad():
-        lower, upper, log_s = lower.to(dtype), upper.to(dtype), log_s.to(dtype)
-        l_unit = torch.tril(lower, -1)
-        l_unit.diagonal().fill_(1.0)
-        u_prime = torch.triu(upper, 1)
-        u_prime.diagonal().copy_(sign_s.to(dtype) * torch.exp(log_s))
+        # The reference's pieces (lu_weight is their product), kept for the backward.
+        l_unit = reference.unit_lower(lower.to(dtype))
+        u_prime = reference.upper_with_diagonal(upper.to(dtype), log_s.to(dtype), sign_s)
         w_lu = (l_unit @ u_prime)[perm]
         weight = w_lu if log_scale is None else w_lu * torch.exp(log_scale.to(dtype))[None, :]
         shift = w_lu.new_zeros(w_lu.shape[0]) if bias is None else w_lu @ bias.to(dtype)
@@ -72,12 +72,10 @@ class _Fold(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_scale, bias, lower, upper, log_s, perm, sign_s, dtype, batch, pixels):
         weight, shift, w_lu, l_unit, u_prime = fold(log_scale, bias, lower, upper, log_s, perm, sign_s, dtype)
-        total = log_s.to(dtype).sum()
-        if log_scale is not None:
-            total = total + log_scale.to(dtype).sum()
+        logdet = reference.logdet(log_scale, log_s, batch, pixels, dtype)
         ctx.save_for_backward(weight, w_lu, l_unit, u_prime, perm, sign_s, log_scale, bias, lower, upper, log_s)
         ctx.sizes = (dtype, batch, pixels)
-        return weight, shift, (total * pixels).expand(batch)
+        return weight, shift, logdet
 
     @staticmethod
     def backward(ctx, grad_weight, grad_shift, grad_logdet):
@@ -97,8 +95,6 @@ class _Fold(torch.autograd.Function):
 
 
 def _reference_backward(inputs, perm, sign_s, dtype, batch, pixels, grads, needed):
-    from fastflow.reference import actnorm_invconv as reference
-
     log_scale, bias, lower, upper, log_s = inputs
     with torch.enable_grad():
         weight, shift = reference.folded_weight(log_scale, bias, lower, upper, log_s, perm=perm, sign_s=sign_s,

@@ -34,21 +34,25 @@ __all__ = [
     "logdet",
     "lu_inverse_weight",
     "lu_weight",
+    "unit_lower",
+    "upper_with_diagonal",
 ]
 
 
-def _unit_lower(lower: Tensor) -> Tensor:
+def unit_lower(lower: Tensor) -> Tensor:
+    """``L``: the strictly lower triangle of ``lower`` with a unit diagonal."""
     eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
     return torch.tril(lower, -1) + eye
 
 
-def _upper_with_diagonal(upper: Tensor, log_s: Tensor, sign_s: Tensor) -> Tensor:
+def upper_with_diagonal(upper: Tensor, log_s: Tensor, sign_s: Tensor) -> Tensor:
+    """``U + diag(sign_s·exp(log_s))``: the strictly upper triangle of ``upper`` with that diagonal."""
     return torch.triu(upper, 1) + torch.diag(sign_s.to(log_s.dtype) * torch.exp(log_s))
 
 
 def lu_weight(lower: Tensor, upper: Tensor, log_s: Tensor, *, perm: Tensor, sign_s: Tensor) -> Tensor:
     """``W = P·L·(U + diag(sign_s·exp(log_s)))``, ``[C, C]``, from ``lower``, ``upper`` and ``log_s [C]``."""
-    lu = _unit_lower(lower) @ _upper_with_diagonal(upper, log_s, sign_s)
+    lu = unit_lower(lower) @ upper_with_diagonal(upper, log_s, sign_s)
     return lu[perm]
 
 
@@ -57,8 +61,8 @@ def lu_inverse_weight(lower: Tensor, upper: Tensor, log_s: Tensor, *, perm: Tens
     channels = log_s.shape[0]
     # Pᵀ: column perm[i] of the identity becomes column i, i.e. Pᵀ[perm[i], i] = 1.
     p_transposed = torch.eye(channels, dtype=log_s.dtype, device=log_s.device)[perm].t()
-    l_inv_pt = torch.linalg.solve_triangular(_unit_lower(lower), p_transposed, upper=False, unitriangular=True)
-    return torch.linalg.solve_triangular(_upper_with_diagonal(upper, log_s, sign_s), l_inv_pt, upper=True)
+    l_inv_pt = torch.linalg.solve_triangular(unit_lower(lower), p_transposed, upper=False, unitriangular=True)
+    return torch.linalg.solve_triangular(upper_with_diagonal(upper, log_s, sign_s), l_inv_pt, upper=True)
 
 
 def logdet(
